@@ -1,0 +1,184 @@
+/*
+ * wnkernels CPU kernels: run-time dispatch over instruction-set variants,
+ * and the roofline primitives the benchmarks compare against.
+ *
+ * The kernel source (wn_impl.h) is compiled once per variant under
+ * `#pragma GCC target`, so a portable build still runs AVX-512 code where
+ * the CPU has it.  Every variant sums in the same fixed lanes and order
+ * (and the build disables FMA contraction), so all variants return the same
+ * bits.  WNKERNELS_ISA=avx512|avx2|baseline forces a variant (for testing).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "wn.h"
+/* Included before any target pragma: baseline helpers inline into every variant. */
+#include "wn_common.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define WN_X86 1
+#include <immintrin.h>
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+static inline int wn_thread_num(void) { return omp_get_thread_num(); }
+static inline int wn_num_threads(void) { return omp_get_num_threads(); }
+int wn_have_openmp(void) { return 1; }
+#else
+static inline int wn_thread_num(void) { return 0; }
+static inline int wn_num_threads(void) { return 1; }
+int wn_have_openmp(void) { return 0; }
+#endif
+
+#ifdef WN_X86
+static inline void wn_sfence(void) { _mm_sfence(); }
+#else
+static inline void wn_sfence(void) { __sync_synchronize(); }
+#endif
+
+/* Column-mode block budget (bytes of each input kept in L2 between passes). */
+static int64_t wn_col_budget = 256 * 1024;
+/* Outputs at least this large (bytes) are written with streaming stores:
+ * they cannot stay in cache anyway, and skipping the read-for-ownership of
+ * w saves a third of the traffic. */
+static int64_t wn_stream_threshold = 16 << 20;
+
+void wn_set_stream_threshold(int64_t nbytes) { wn_stream_threshold = nbytes; }
+int64_t wn_get_stream_threshold(void) { return wn_stream_threshold; }
+
+typedef void (*wn_fwd_fn)(const wn_layout *, const void *, const void *,
+                          int64_t, void *, void *, double, int, int);
+typedef void (*wn_bwd_fn)(const wn_layout *, const void *, const void *,
+                          const void *, int64_t, const void *, int64_t, void *,
+                          void *, int, int);
+
+#ifdef WN_X86
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,prefer-vector-width=512")
+#define ISA avx512
+#include "wn_isa.h"
+#undef ISA
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,bmi,bmi2")
+#define ISA avx2
+#include "wn_isa.h"
+#undef ISA
+#pragma GCC pop_options
+#endif
+
+#define ISA baseline
+#include "wn_isa.h"
+#undef ISA
+
+#define WN_TABLE(kind, isa) \
+    { kind##_f16_##isa, kind##_bf16_##isa, kind##_f32_##isa, kind##_f64_##isa }
+
+enum { WN_ISA_BASELINE, WN_ISA_AVX2, WN_ISA_AVX512, WN_NISA };
+static const char *const wn_isa_names[WN_NISA] = {"baseline", "avx2", "avx512"};
+static const wn_fwd_fn wn_fwd_table[WN_NISA][4] = {
+    WN_TABLE(forward, baseline),
+#ifdef WN_X86
+    WN_TABLE(forward, avx2),
+    WN_TABLE(forward, avx512),
+#endif
+};
+static const wn_bwd_fn wn_bwd_table[WN_NISA][4] = {
+    WN_TABLE(backward, baseline),
+#ifdef WN_X86
+    WN_TABLE(backward, avx2),
+    WN_TABLE(backward, avx512),
+#endif
+};
+
+static int wn_isa_detect(void)
+{
+    static int isa = -1;   /* benign race: every thread computes the same */
+    if (isa >= 0) return isa;
+    int best = WN_ISA_BASELINE;
+#ifdef WN_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        best = WN_ISA_AVX2;
+    if (best == WN_ISA_AVX2 && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq"))
+        best = WN_ISA_AVX512;
+#endif
+    const char *want = getenv("WNKERNELS_ISA");
+    if (want)
+        for (int i = 0; i <= best; i++)
+            if (!strcmp(want, wn_isa_names[i])) best = i;
+    isa = best;
+    return isa;
+}
+
+const char *wn_isa(void) { return wn_isa_names[wn_isa_detect()]; }
+
+static const int64_t wn_itemsize[4] = {2, 2, 4, 8};
+
+static int wn_stream_ok(int dtype, const wn_layout *L, int out)
+{
+    if (L->red_ndim != 1 || L->red_stride[out][0] != 1) return 0;
+    return L->nrows * L->rowlen * wn_itemsize[dtype] >= wn_stream_threshold;
+}
+
+void wn_forward(int dtype, const wn_layout *L, const void *v, const void *g,
+                int64_t g_stride, void *w, void *norms, double eps, int nthreads)
+{
+    if (L->nrows <= 0) return;
+    wn_fwd_table[wn_isa_detect()][dtype](L, v, g, g_stride, w, norms, eps,
+                                         nthreads, wn_stream_ok(dtype, L, 1));
+}
+
+void wn_backward(int dtype, const wn_layout *L, const void *grad_w,
+                 const void *v, const void *g, int64_t g_stride,
+                 const void *norms, int64_t norms_stride, void *grad_v,
+                 void *grad_g, int nthreads)
+{
+    if (L->nrows <= 0) return;
+    wn_bwd_table[wn_isa_detect()][dtype](L, grad_w, v, g, g_stride, norms,
+                                         norms_stride, grad_v, grad_g, nthreads,
+                                         wn_stream_ok(dtype, L, 2));
+}
+
+/* ---- rooflines: what the same threads reach on a plain copy / triad ---- */
+
+void wn_roofline_copy(void *dst, const void *src, int64_t nbytes, int nthreads)
+{
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t t = wn_thread_num(), n = wn_num_threads();
+        int64_t lo = (nbytes * t / n) & ~(int64_t)63;
+        int64_t hi = t + 1 == n ? nbytes : (nbytes * (t + 1) / n) & ~(int64_t)63;
+        memcpy((char *)dst + lo, (const char *)src + lo, (size_t)(hi - lo));
+    }
+}
+
+#define WN_TRIAD(T, name)                                                      \
+    void name(T *a, const T *b, T s, const T *c, int64_t n, int nthreads)      \
+    {                                                                          \
+        _Pragma("omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)") \
+        for (int64_t i = 0; i < n; i++) a[i] = b[i] * s + c[i];               \
+    }
+WN_TRIAD(float, wn_roofline_triad_f32_impl)
+WN_TRIAD(double, wn_roofline_triad_f64_impl)
+
+/* The triad gets the best variant too, so the roofline is not handicapped. */
+#ifdef WN_X86
+#define WN_TRIAD_ATTR __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define WN_TRIAD_ATTR
+#endif
+WN_TRIAD_ATTR void wn_roofline_triad_f32(float *a, const float *b, float s,
+                                         const float *c, int64_t n, int nthreads)
+{
+    wn_roofline_triad_f32_impl(a, b, s, c, n, nthreads);
+}
+WN_TRIAD_ATTR void wn_roofline_triad_f64(double *a, const double *b, double s,
+                                         const double *c, int64_t n, int nthreads)
+{
+    wn_roofline_triad_f64_impl(a, b, s, c, n, nthreads);
+}

@@ -1,0 +1,221 @@
+/*
+ * Shared helpers for the kernel templates: half-precision conversions,
+ * layout walking, and the fixed-order summation primitives.
+ *
+ * Everything here is `static inline` so each instruction-set variant of the
+ * kernels (compiled under its own `#pragma GCC target`) inlines its own copy.
+ */
+#ifndef WN_COMMON_H
+#define WN_COMMON_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "wn.h"
+
+#define WN_INLINE static inline __attribute__((always_inline))
+
+/* Lane accumulators per row piece: element i of a run goes to lane i % 32.
+ * Explicit lanes make the summation order a function of the layout only, so
+ * every ISA variant (SSE2, AVX2, AVX-512) and thread count gives the same
+ * bits, and the compiler vectorizes them without -ffast-math. */
+#define WN_LANES 32
+/* Elements per piece: the unit the row total combines (Neumaier, in order)
+ * and the unit long rows are split across threads by. */
+#define WN_PIECE 4096
+/* Column mode: reduced steps accumulated plainly before a Neumaier flush. */
+#define WN_COLCHUNK 128
+
+/* ---- bit casts and 16-bit float conversions (exact, round-to-nearest-even) */
+
+WN_INLINE float wn_u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+WN_INLINE uint32_t wn_f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+/* IEEE binary16 -> float32, branch-free so loops vectorize (F. Giesen). */
+WN_INLINE float wn_h2f(uint16_t h)
+{
+    float mag = wn_u2f((uint32_t)(h & 0x7fffu) << 13) * 0x1p112f;
+    uint32_t r = wn_f2u(mag);
+    r |= (mag >= 65536.0f) ? (255u << 23) : 0u;         /* Inf / NaN */
+    return wn_u2f(r | ((uint32_t)(h & 0x8000u) << 16));
+}
+
+/* float32 -> binary16, round to nearest even; NaN -> quiet NaN. */
+WN_INLINE uint16_t wn_f2h(float x)
+{
+    uint32_t f = wn_f2u(x);
+    uint32_t sign = f & 0x80000000u;
+    f ^= sign;
+    uint32_t infnan = (f > (255u << 23)) ? 0x7e00u : 0x7c00u;
+    /* subnormal results: let the FPU round by adding 0.5 (2^-1) */
+    uint32_t sub = wn_f2u(wn_u2f(f) + 0.5f) - wn_f2u(0.5f);
+    uint32_t nrm = (f + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((f >> 13) & 1u)) >> 13;
+    uint32_t o = (f >= (143u << 23)) ? infnan : (f < (113u << 23) ? sub : nrm);
+    return (uint16_t)(o | (sign >> 16));
+}
+
+WN_INLINE float wn_bf2f(uint16_t h) { return wn_u2f((uint32_t)h << 16); }
+
+/* float32 -> bfloat16, round to nearest even; NaN stays a quiet NaN. */
+WN_INLINE uint16_t wn_f2bf(float x)
+{
+    uint32_t u = wn_f2u(x);
+    uint32_t rne = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t nan = (u >> 16) | 0x40u;
+    return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u) ? nan : rne);
+}
+
+/* ---- summation */
+
+/* Fixed pairwise tree over the 32 lanes. */
+WN_INLINE double wn_lanes_total(double *acc)
+{
+    for (int w = WN_LANES / 2; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++)
+            acc[j] += acc[j + w];
+    return acc[0];
+}
+
+/* Neumaier (improved Kahan) accumulation of the piece totals of a row. */
+typedef struct { double sum, comp; } wn_ksum;
+
+WN_INLINE void wn_ksum_add(wn_ksum *k, double x)
+{
+    double t = k->sum + x;
+    if (fabs(k->sum) >= fabs(x))
+        k->comp += (k->sum - t) + x;
+    else
+        k->comp += (x - t) + k->sum;
+    k->sum = t;
+}
+
+WN_INLINE double wn_ksum_value(const wn_ksum *k)
+{
+    /* An Inf/NaN total makes comp NaN: the plain sum is the right answer. */
+    return isfinite(k->sum) ? k->sum + k->comp : k->sum;
+}
+
+/* ---- layout walking */
+
+/* Element offsets (per array) of row r. */
+WN_INLINE void wn_row_offsets(const wn_layout *L, int narr, int64_t r,
+                              int64_t *off)
+{
+    for (int a = 0; a < narr; a++) off[a] = 0;
+    for (int d = L->kept_ndim - 1; d >= 0; d--) {
+        int64_t n = L->kept_shape[d], i = r % n;
+        r /= n;
+        for (int a = 0; a < narr; a++) off[a] += i * L->kept_stride[a][d];
+    }
+}
+
+/*
+ * Row-mode geometry.  A row is `nseg` runs ("segments") of `n_in` elements
+ * along the innermost reduced dim.  Pieces: `k` whole segments when a
+ * segment is short, else WN_PIECE-sized parts of one segment.
+ */
+typedef struct {
+    int64_t n_in, nseg, k, ppseg, npieces;
+    int router;                        /* number of outer reduced dims */
+} wn_rowgeom;
+
+WN_INLINE wn_rowgeom wn_rowgeom_make(const wn_layout *L)
+{
+    wn_rowgeom G;
+    G.router = L->red_ndim > 0 ? L->red_ndim - 1 : 0;
+    G.n_in = L->red_ndim > 0 ? L->red_shape[L->red_ndim - 1] : 1;
+    G.nseg = G.n_in ? L->rowlen / G.n_in : 0;
+    if (G.n_in <= WN_PIECE) {
+        G.k = WN_PIECE / (G.n_in ? G.n_in : 1);
+        G.ppseg = 1;
+        G.npieces = (G.nseg + G.k - 1) / G.k;
+    } else {
+        G.k = 1;
+        G.ppseg = (G.n_in + WN_PIECE - 1) / WN_PIECE;
+        G.npieces = G.nseg * G.ppseg;
+    }
+    return G;
+}
+
+/* Iterator over the segments of one piece. */
+typedef struct {
+    int64_t idx[WN_MAXDIM];
+    int64_t off[WN_MAXARR];            /* element offset of the segment start */
+    int64_t nseg;                      /* segments in this piece */
+    int64_t in0, nin;                  /* element range within each segment */
+} wn_piece;
+
+WN_INLINE void wn_piece_begin(const wn_layout *L, const wn_rowgeom *G,
+                              int narr, int64_t p, const int64_t *row_off,
+                              wn_piece *P)
+{
+    int64_t s0;
+    if (G->ppseg == 1) {
+        s0 = p * G->k;
+        P->nseg = G->nseg - s0 < G->k ? G->nseg - s0 : G->k;
+        P->in0 = 0;
+        P->nin = G->n_in;
+    } else {
+        s0 = p / G->ppseg;
+        P->nseg = 1;
+        P->in0 = (p % G->ppseg) * WN_PIECE;
+        P->nin = G->n_in - P->in0 < WN_PIECE ? G->n_in - P->in0 : WN_PIECE;
+    }
+    for (int a = 0; a < narr; a++) {
+        int64_t s_in = L->red_ndim > 0 ? L->red_stride[a][L->red_ndim - 1] : 0;
+        P->off[a] = row_off[a] + P->in0 * s_in;
+    }
+    for (int d = G->router - 1; d >= 0; d--) {
+        int64_t n = L->red_shape[d], i = s0 % n;
+        s0 /= n;
+        P->idx[d] = i;
+        for (int a = 0; a < narr; a++) P->off[a] += i * L->red_stride[a][d];
+    }
+}
+
+WN_INLINE void wn_piece_next(const wn_layout *L, const wn_rowgeom *G, int narr,
+                             wn_piece *P)
+{
+    for (int d = G->router - 1; d >= 0; d--) {
+        for (int a = 0; a < narr; a++) P->off[a] += L->red_stride[a][d];
+        if (++P->idx[d] < L->red_shape[d]) return;
+        for (int a = 0; a < narr; a++)
+            P->off[a] -= L->red_shape[d] * L->red_stride[a][d];
+        P->idx[d] = 0;
+    }
+}
+
+/* Iterator over all reduced elements of a row, in flat order (column mode). */
+typedef struct {
+    int64_t idx[WN_MAXDIM];
+    int64_t off[WN_MAXARR];
+} wn_redctr;
+
+WN_INLINE void wn_redctr_begin(int narr, wn_redctr *C)
+{
+    memset(C->idx, 0, sizeof(C->idx));
+    for (int a = 0; a < narr; a++) C->off[a] = 0;
+}
+
+WN_INLINE void wn_redctr_next(const wn_layout *L, int narr, wn_redctr *C)
+{
+    for (int d = L->red_ndim - 1; d >= 0; d--) {
+        for (int a = 0; a < narr; a++) C->off[a] += L->red_stride[a][d];
+        if (++C->idx[d] < L->red_shape[d]) return;
+        for (int a = 0; a < narr; a++)
+            C->off[a] -= L->red_shape[d] * L->red_stride[a][d];
+        C->idx[d] = 0;
+    }
+}
+
+/* Column mode applies when the innermost kept dim is v's fastest axis. */
+WN_INLINE int wn_use_columns(const wn_layout *L)
+{
+    if (L->kept_ndim == 0 || L->red_ndim == 0 || L->rowlen <= 1) return 0;
+    int64_t ks = L->kept_stride[0][L->kept_ndim - 1];
+    int64_t rs = L->red_stride[0][L->red_ndim - 1];
+    return L->kept_shape[L->kept_ndim - 1] > 1 && llabs(ks) < llabs(rs);
+}
+
+#endif /* WN_COMMON_H */

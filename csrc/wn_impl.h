@@ -1,0 +1,470 @@
+/*
+ * Kernel template: included by wn.c once per (instruction set, dtype) with
+ *
+ *   FN(name)  the suffixed function name          T    storage type
+ *   NT        norms type                          CT   forward scaling type
+ *   BT        backward elementwise type
+ *   LDD(x)    T -> double (accumulation; exact for every T)
+ *   LDF(x)    T -> CT        STF(y)   CT -> T
+ *   LDB(x)    T -> BT        STB(y)   BT -> T
+ *   STREAM(dst, src, nbytes)  streaming store of a 64-byte-aligned L1 buffer
+ *
+ * Two strategies, both with one parallel region per call:
+ *
+ *   rows     the innermost reduced dim is v's fastest axis.  Each row is cut
+ *            into pieces (wn_rowgeom); a piece's sum of squares (or dot
+ *            product) uses 32 double lanes, and the row total adds the piece
+ *            totals in order with Neumaier compensation.  Many rows: threads
+ *            take whole rows, so a row is re-read from L1/L2 by the second
+ *            pass.  Few rows: every row's pieces are split across the
+ *            threads, one barrier per row, and the second pass walks the
+ *            thread's pieces backwards so its last-read data is still cached.
+ *   columns  the innermost kept dim is v's fastest axis (dim=-1 of a
+ *            C-contiguous matrix).  A block of adjacent kept indices is
+ *            accumulated side by side while the reduced elements stream by
+ *            (vectorized along the kept axis); then the block is rescaled.
+ *            Blocks are sized so they are still in L2 for the second pass.
+ *
+ * Both orders are fixed by the layout alone: thread count never changes bits.
+ */
+
+#define WN_BUFBYTES 1024
+#define WN_COLBLK 512
+
+/* ---- runs along one strided dim (the vectorized inner loops) ---------- */
+
+WN_INLINE void FN(lane_sumsq)(double *restrict acc, const T *restrict x,
+                              int64_t n, int64_t s)
+{
+    int64_t i = 0;
+    if (s == 1) {
+        for (; i + WN_LANES <= n; i += WN_LANES)
+            for (int j = 0; j < WN_LANES; j++) {
+                double t = LDD(x[i + j]);
+                acc[j] += t * t;
+            }
+    } else {
+        for (; i + WN_LANES <= n; i += WN_LANES)
+            for (int j = 0; j < WN_LANES; j++) {
+                double t = LDD(x[(i + j) * s]);
+                acc[j] += t * t;
+            }
+    }
+    for (int j = 0; i < n; i++, j++) {
+        double t = LDD(x[i * s]);
+        acc[j] += t * t;
+    }
+}
+
+WN_INLINE void FN(lane_dot)(double *restrict acc, const T *restrict a,
+                            int64_t sa, const T *restrict b, int64_t sb,
+                            int64_t n)
+{
+    int64_t i = 0;
+    if (sa == 1 && sb == 1) {
+        for (; i + WN_LANES <= n; i += WN_LANES)
+            for (int j = 0; j < WN_LANES; j++)
+                acc[j] += LDD(a[i + j]) * LDD(b[i + j]);
+    } else {
+        for (; i + WN_LANES <= n; i += WN_LANES)
+            for (int j = 0; j < WN_LANES; j++)
+                acc[j] += LDD(a[(i + j) * sa]) * LDD(b[(i + j) * sb]);
+    }
+    for (int j = 0; i < n; i++, j++)
+        acc[j] += LDD(a[i * sa]) * LDD(b[i * sb]);
+}
+
+/* w = v * scale.  With `nt`, a contiguous w is written with streaming
+ * stores (no read-for-ownership of w's lines) through an L1 buffer. */
+WN_INLINE void FN(scale_run)(T *w, int64_t sw, const T *v, int64_t sv,
+                             int64_t n, CT scale, int nt)
+{
+    int64_t i = 0;
+    if (sw == 1 && sv == 1) {
+        if (nt) {
+            enum { B = WN_BUFBYTES / sizeof(T) };
+            T buf[B] __attribute__((aligned(64)));
+            for (; i < n && ((uintptr_t)(w + i) & 63); i++)
+                w[i] = STF(LDF(v[i]) * scale);
+            for (; i + B <= n; i += B) {
+                for (int j = 0; j < B; j++) buf[j] = STF(LDF(v[i + j]) * scale);
+                STREAM(w + i, buf, sizeof buf);
+            }
+        }
+        for (; i < n; i++) w[i] = STF(LDF(v[i]) * scale);
+    } else {
+        for (; i < n; i++) w[i * sw] = STF(LDF(v[i * sv]) * scale);
+    }
+}
+
+/* grad_v = a * grad_w - b * v */
+WN_INLINE void FN(bwd_run)(T *gv, int64_t sgv, const T *gw, int64_t sgw,
+                           const T *v, int64_t sv, int64_t n, BT a, BT b,
+                           int nt)
+{
+    int64_t i = 0;
+    if (sgv == 1 && sgw == 1 && sv == 1) {
+        if (nt) {
+            enum { B = WN_BUFBYTES / sizeof(T) };
+            T buf[B] __attribute__((aligned(64)));
+            for (; i < n && ((uintptr_t)(gv + i) & 63); i++)
+                gv[i] = STB(a * LDB(gw[i]) - b * LDB(v[i]));
+            for (; i + B <= n; i += B) {
+                for (int j = 0; j < B; j++)
+                    buf[j] = STB(a * LDB(gw[i + j]) - b * LDB(v[i + j]));
+                STREAM(gv + i, buf, sizeof buf);
+            }
+        }
+        for (; i < n; i++) gv[i] = STB(a * LDB(gw[i]) - b * LDB(v[i]));
+    } else {
+        for (; i < n; i++)
+            gv[i * sgv] = STB(a * LDB(gw[i * sgw]) - b * LDB(v[i * sv]));
+    }
+}
+
+/* ---- row mode: pieces ------------------------------------------------- */
+
+WN_INLINE int64_t FN(inner_stride)(const wn_layout *L, int a)
+{
+    return L->red_ndim > 0 ? L->red_stride[a][L->red_ndim - 1] : 1;
+}
+
+static double FN(piece_sumsq)(const wn_layout *L, const wn_rowgeom *G,
+                              const T *v, const int64_t *ro, int64_t p)
+{
+    double acc[WN_LANES] = {0};
+    const int64_t sv = FN(inner_stride)(L, 0);
+    wn_piece P;
+    wn_piece_begin(L, G, 1, p, ro, &P);
+    for (int64_t s = 0; s < P.nseg; s++) {
+        if (s) wn_piece_next(L, G, 1, &P);
+        FN(lane_sumsq)(acc, v + P.off[0], P.nin, sv);
+    }
+    return wn_lanes_total(acc);
+}
+
+static double FN(piece_dot)(const wn_layout *L, const wn_rowgeom *G,
+                            const T *v, const T *gw, const int64_t *ro,
+                            int64_t p)
+{
+    double acc[WN_LANES] = {0};
+    const int64_t sv = FN(inner_stride)(L, 0), sgw = FN(inner_stride)(L, 1);
+    wn_piece P;
+    wn_piece_begin(L, G, 2, p, ro, &P);
+    for (int64_t s = 0; s < P.nseg; s++) {
+        if (s) wn_piece_next(L, G, 2, &P);
+        FN(lane_dot)(acc, v + P.off[0], sv, gw + P.off[1], sgw, P.nin);
+    }
+    return wn_lanes_total(acc);
+}
+
+static void FN(piece_scale)(const wn_layout *L, const wn_rowgeom *G,
+                            const T *v, T *w, const int64_t *ro, int64_t p,
+                            CT scale, int nt)
+{
+    const int64_t sv = FN(inner_stride)(L, 0), sw = FN(inner_stride)(L, 1);
+    wn_piece P;
+    wn_piece_begin(L, G, 2, p, ro, &P);
+    for (int64_t s = 0; s < P.nseg; s++) {
+        if (s) wn_piece_next(L, G, 2, &P);
+        FN(scale_run)(w + P.off[1], sw, v + P.off[0], sv, P.nin, scale, nt);
+    }
+}
+
+static void FN(piece_bwd)(const wn_layout *L, const wn_rowgeom *G,
+                          const T *v, const T *gw, T *gv, const int64_t *ro,
+                          int64_t p, BT a, BT b, int nt)
+{
+    const int64_t sv = FN(inner_stride)(L, 0), sgw = FN(inner_stride)(L, 1),
+                  sgv = FN(inner_stride)(L, 2);
+    wn_piece P;
+    wn_piece_begin(L, G, 3, p, ro, &P);
+    for (int64_t s = 0; s < P.nseg; s++) {
+        if (s) wn_piece_next(L, G, 3, &P);
+        FN(bwd_run)(gv + P.off[2], sgv, gw + P.off[1], sgw, v + P.off[0], sv,
+                    P.nin, a, b, nt);
+    }
+}
+
+/* ---- per-row scalars (the math of CONTRACT.md, in one place) ---------- */
+
+/* norm = sqrt(sum v^2 + eps); scale = g / norm, formed before it meets v. */
+WN_INLINE CT FN(fwd_row_scalars)(double sumsq, double eps, T g, NT *norm_out)
+{
+    NT norm = (NT)sqrt(sumsq + eps);
+    *norm_out = norm;
+    return LDF(g) / (CT)norm;
+}
+
+/* grad_g = dot / norm;  grad_v = a * grad_w - b * v with
+ * a = g / norm,  b = g * grad_g / norm^2. */
+WN_INLINE void FN(bwd_row_scalars)(double dot, NT norm_in, T g, T *grad_g,
+                                   BT *a, BT *b)
+{
+    double norm = (double)norm_in, gd = LDD(g);
+    double gg = dot / norm;
+    *grad_g = STB((BT)gg);
+    *a = (BT)(gd / norm);
+    *b = (BT)(gd * gg / (norm * norm));
+}
+
+/* ---- row mode drivers -------------------------------------------------- */
+
+static void FN(fwd_rows)(const wn_layout *L, const T *v, const T *g,
+                         int64_t gs, T *w, NT *norms, double eps, int nth,
+                         int nt)
+{
+    const wn_rowgeom G = wn_rowgeom_make(L);
+    int split = L->nrows < 2 * (int64_t)nth && G.npieces >= 2;
+    double *part = split ? malloc(sizeof(double) * L->nrows * G.npieces) : NULL;
+    if (!part) split = 0;
+
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        if (!split) {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < L->nrows; r++) {
+                int64_t ro[2];
+                wn_row_offsets(L, 2, r, ro);
+                wn_ksum k = {0.0, 0.0};
+                for (int64_t p = 0; p < G.npieces; p++)
+                    wn_ksum_add(&k, FN(piece_sumsq)(L, &G, v, ro, p));
+                CT scale = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
+                                               g[r * gs], &norms[r]);
+                for (int64_t p = 0; p < G.npieces; p++)
+                    FN(piece_scale)(L, &G, v, w, ro, p, scale, nt);
+            }
+        } else {
+            const int tid = wn_thread_num(), nteam = wn_num_threads();
+            const int64_t lo = G.npieces * tid / nteam,
+                          hi = G.npieces * (tid + 1) / nteam;
+            for (int64_t r = 0; r < L->nrows; r++) {
+                int64_t ro[2];
+                double *pr = part + r * G.npieces;
+                wn_row_offsets(L, 2, r, ro);
+                for (int64_t p = lo; p < hi; p++)
+                    pr[p] = FN(piece_sumsq)(L, &G, v, ro, p);
+#pragma omp barrier
+                wn_ksum k = {0.0, 0.0};
+                for (int64_t p = 0; p < G.npieces; p++) wn_ksum_add(&k, pr[p]);
+                NT norm;
+                CT scale = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
+                                               g[r * gs], &norm);
+                if (tid == 0) norms[r] = norm;
+                for (int64_t p = hi - 1; p >= lo; p--)
+                    FN(piece_scale)(L, &G, v, w, ro, p, scale, nt);
+            }
+        }
+        if (nt) wn_sfence();
+    }
+    free(part);
+}
+
+static void FN(bwd_rows)(const wn_layout *L, const T *v, const T *gw,
+                         const T *g, int64_t gs, const NT *norms, int64_t ns,
+                         T *gv, T *grad_g, int nth, int nt)
+{
+    const wn_rowgeom G = wn_rowgeom_make(L);
+    int split = L->nrows < 2 * (int64_t)nth && G.npieces >= 2;
+    double *part = split ? malloc(sizeof(double) * L->nrows * G.npieces) : NULL;
+    if (!part) split = 0;
+
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        if (!split) {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < L->nrows; r++) {
+                int64_t ro[3];
+                wn_row_offsets(L, 3, r, ro);
+                wn_ksum k = {0.0, 0.0};
+                for (int64_t p = 0; p < G.npieces; p++)
+                    wn_ksum_add(&k, FN(piece_dot)(L, &G, v, gw, ro, p));
+                BT a, b;
+                FN(bwd_row_scalars)(wn_ksum_value(&k), norms[r * ns],
+                                    g[r * gs], &grad_g[r], &a, &b);
+                for (int64_t p = 0; p < G.npieces; p++)
+                    FN(piece_bwd)(L, &G, v, gw, gv, ro, p, a, b, nt);
+            }
+        } else {
+            const int tid = wn_thread_num(), nteam = wn_num_threads();
+            const int64_t lo = G.npieces * tid / nteam,
+                          hi = G.npieces * (tid + 1) / nteam;
+            for (int64_t r = 0; r < L->nrows; r++) {
+                int64_t ro[3];
+                double *pr = part + r * G.npieces;
+                wn_row_offsets(L, 3, r, ro);
+                for (int64_t p = lo; p < hi; p++)
+                    pr[p] = FN(piece_dot)(L, &G, v, gw, ro, p);
+#pragma omp barrier
+                wn_ksum k = {0.0, 0.0};
+                for (int64_t p = 0; p < G.npieces; p++) wn_ksum_add(&k, pr[p]);
+                BT a, b;
+                T ggr;
+                FN(bwd_row_scalars)(wn_ksum_value(&k), norms[r * ns],
+                                    g[r * gs], &ggr, &a, &b);
+                if (tid == 0) grad_g[r] = ggr;
+                for (int64_t p = hi - 1; p >= lo; p--)
+                    FN(piece_bwd)(L, &G, v, gw, gv, ro, p, a, b, nt);
+            }
+        }
+        if (nt) wn_sfence();
+    }
+    free(part);
+}
+
+/* ---- column mode ------------------------------------------------------- */
+
+/* Columns per block: keep the block's rows of v (and grad_w) in L2 between
+ * the two passes; at least one 64-byte line of each row step. */
+WN_INLINE int64_t FN(col_block)(const wn_layout *L, int nin)
+{
+    const int64_t m = L->kept_shape[L->kept_ndim - 1];
+    int64_t cb = wn_col_budget / (L->rowlen * (int64_t)sizeof(T) * nin);
+    int64_t minc = 64 / (int64_t)sizeof(T);
+    cb = cb < minc ? minc : cb > WN_COLBLK ? WN_COLBLK : cb - cb % minc;
+    return cb > m ? m : cb;
+}
+
+WN_INLINE void FN(col_flush)(double *restrict acc, double *restrict sum,
+                             double *restrict comp, int64_t nc)
+{
+    for (int64_t c = 0; c < nc; c++) {
+        wn_ksum k = {sum[c], comp[c]};
+        wn_ksum_add(&k, acc[c]);
+        sum[c] = k.sum;
+        comp[c] = k.comp;
+        acc[c] = 0.0;
+    }
+}
+
+static void FN(fwd_cols)(const wn_layout *L, const T *v, const T *g,
+                         int64_t gs, T *w, NT *norms, double eps, int nth)
+{
+    const int K = L->kept_ndim;
+    const int64_t m = L->kept_shape[K - 1];
+    const int64_t cv = L->kept_stride[0][K - 1], cw = L->kept_stride[1][K - 1];
+    const int64_t cb = FN(col_block)(L, 1);
+    const int64_t nblk = (m + cb - 1) / cb, units = (L->nrows / m) * nblk;
+
+#pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
+    for (int64_t u = 0; u < units; u++) {
+        const int64_t r0 = (u / nblk) * m + (u % nblk) * cb;
+        const int64_t nc = m - r0 % m < cb ? m - r0 % m : cb;
+        double acc[WN_COLBLK], sum[WN_COLBLK], comp[WN_COLBLK];
+        CT scale[WN_COLBLK];
+        int64_t base[2];
+        wn_row_offsets(L, 2, r0, base);
+        for (int64_t c = 0; c < nc; c++) acc[c] = sum[c] = comp[c] = 0.0;
+
+        wn_redctr C;
+        wn_redctr_begin(2, &C);
+        for (int64_t e = 0, step = 0; e < L->rowlen; e++) {
+            const T *x = v + base[0] + C.off[0];
+            if (cv == 1)
+                for (int64_t c = 0; c < nc; c++) { double t = LDD(x[c]); acc[c] += t * t; }
+            else
+                for (int64_t c = 0; c < nc; c++) { double t = LDD(x[c * cv]); acc[c] += t * t; }
+            if (++step == WN_COLCHUNK || e + 1 == L->rowlen) {
+                FN(col_flush)(acc, sum, comp, nc);
+                step = 0;
+            }
+            wn_redctr_next(L, 2, &C);
+        }
+        for (int64_t c = 0; c < nc; c++) {
+            wn_ksum k = {sum[c], comp[c]};
+            scale[c] = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
+                                           g[(r0 + c) * gs], &norms[r0 + c]);
+        }
+        wn_redctr_begin(2, &C);
+        for (int64_t e = 0; e < L->rowlen; e++) {
+            const T *x = v + base[0] + C.off[0];
+            T *y = w + base[1] + C.off[1];
+            if (cv == 1 && cw == 1)
+                for (int64_t c = 0; c < nc; c++) y[c] = STF(LDF(x[c]) * scale[c]);
+            else
+                for (int64_t c = 0; c < nc; c++) y[c * cw] = STF(LDF(x[c * cv]) * scale[c]);
+            wn_redctr_next(L, 2, &C);
+        }
+    }
+}
+
+static void FN(bwd_cols)(const wn_layout *L, const T *v, const T *gw,
+                         const T *g, int64_t gs, const NT *norms, int64_t ns,
+                         T *gv, T *grad_g, int nth)
+{
+    const int K = L->kept_ndim;
+    const int64_t m = L->kept_shape[K - 1];
+    const int64_t cv = L->kept_stride[0][K - 1], cgw = L->kept_stride[1][K - 1],
+                  cgv = L->kept_stride[2][K - 1];
+    const int64_t cb = FN(col_block)(L, 2);
+    const int64_t nblk = (m + cb - 1) / cb, units = (L->nrows / m) * nblk;
+
+#pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
+    for (int64_t u = 0; u < units; u++) {
+        const int64_t r0 = (u / nblk) * m + (u % nblk) * cb;
+        const int64_t nc = m - r0 % m < cb ? m - r0 % m : cb;
+        double acc[WN_COLBLK], sum[WN_COLBLK], comp[WN_COLBLK];
+        BT ca[WN_COLBLK], cbb[WN_COLBLK];
+        int64_t base[3];
+        wn_row_offsets(L, 3, r0, base);
+        for (int64_t c = 0; c < nc; c++) acc[c] = sum[c] = comp[c] = 0.0;
+
+        wn_redctr C;
+        wn_redctr_begin(3, &C);
+        for (int64_t e = 0, step = 0; e < L->rowlen; e++) {
+            const T *x = v + base[0] + C.off[0], *y = gw + base[1] + C.off[1];
+            if (cv == 1 && cgw == 1)
+                for (int64_t c = 0; c < nc; c++) acc[c] += LDD(x[c]) * LDD(y[c]);
+            else
+                for (int64_t c = 0; c < nc; c++) acc[c] += LDD(x[c * cv]) * LDD(y[c * cgw]);
+            if (++step == WN_COLCHUNK || e + 1 == L->rowlen) {
+                FN(col_flush)(acc, sum, comp, nc);
+                step = 0;
+            }
+            wn_redctr_next(L, 3, &C);
+        }
+        for (int64_t c = 0; c < nc; c++) {
+            wn_ksum k = {sum[c], comp[c]};
+            FN(bwd_row_scalars)(wn_ksum_value(&k), norms[(r0 + c) * ns],
+                                g[(r0 + c) * gs], &grad_g[r0 + c], &ca[c], &cbb[c]);
+        }
+        wn_redctr_begin(3, &C);
+        for (int64_t e = 0; e < L->rowlen; e++) {
+            const T *x = v + base[0] + C.off[0], *y = gw + base[1] + C.off[1];
+            T *z = gv + base[2] + C.off[2];
+            if (cv == 1 && cgw == 1 && cgv == 1)
+                for (int64_t c = 0; c < nc; c++)
+                    z[c] = STB(ca[c] * LDB(y[c]) - cbb[c] * LDB(x[c]));
+            else
+                for (int64_t c = 0; c < nc; c++)
+                    z[c * cgv] = STB(ca[c] * LDB(y[c * cgw]) - cbb[c] * LDB(x[c * cv]));
+            wn_redctr_next(L, 3, &C);
+        }
+    }
+}
+
+/* ---- entry points for this (ISA, dtype) -------------------------------- */
+
+static void FN(forward)(const wn_layout *L, const void *v, const void *g,
+                        int64_t gs, void *w, void *norms, double eps, int nth,
+                        int nt)
+{
+    if (wn_use_columns(L))
+        FN(fwd_cols)(L, (const T *)v, (const T *)g, gs, (T *)w, (NT *)norms,
+                     eps, nth);
+    else
+        FN(fwd_rows)(L, (const T *)v, (const T *)g, gs, (T *)w, (NT *)norms,
+                     eps, nth, nt);
+}
+
+static void FN(backward)(const wn_layout *L, const void *gw, const void *v,
+                         const void *g, int64_t gs, const void *norms,
+                         int64_t ns, void *gv, void *grad_g, int nth, int nt)
+{
+    if (wn_use_columns(L))
+        FN(bwd_cols)(L, (const T *)v, (const T *)gw, (const T *)g, gs,
+                     (const NT *)norms, ns, (T *)gv, (T *)grad_g, nth);
+    else
+        FN(bwd_rows)(L, (const T *)v, (const T *)gw, (const T *)g, gs,
+                     (const NT *)norms, ns, (T *)gv, (T *)grad_g, nth, nt);
+}

@@ -1,0 +1,118 @@
+/*
+ * One instruction-set variant of every kernel: wn.c includes this file under
+ * a `#pragma GCC target(...)` with ISA set to the variant's name, so the same
+ * C source is compiled for AVX-512, AVX2 and baseline x86-64 (or once, on
+ * other architectures) and dispatched at run time.
+ */
+#include "wn_common.h"
+
+#define WN_CAT_(a, b, c) a##_##b##_##c
+#define WN_CAT(a, b, c) WN_CAT_(a, b, c)
+
+/* Streaming (non-temporal) copy of a 64-byte-aligned L1 buffer to a
+ * 64-byte-aligned destination; nbytes is a multiple of 64. */
+WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes)
+{
+#if defined(__AVX512F__)
+    for (size_t i = 0; i < nbytes; i += 64)
+        _mm512_stream_si512((__m512i *)((char *)dst + i),
+                            _mm512_load_si512((const char *)src + i));
+#elif defined(__AVX__)
+    for (size_t i = 0; i < nbytes; i += 32)
+        _mm256_stream_si256((__m256i *)((char *)dst + i),
+                            _mm256_load_si256((const __m256i *)((const char *)src + i)));
+#elif defined(__SSE2__)
+    for (size_t i = 0; i < nbytes; i += 16)
+        _mm_stream_si128((__m128i *)((char *)dst + i),
+                         _mm_load_si128((const __m128i *)((const char *)src + i)));
+#else
+    memcpy(dst, src, nbytes);
+#endif
+}
+#define STREAM(d, s, n) WN_CAT(wn, stream, ISA)((d), (s), (n))
+
+/* float32 */
+#define FN(name) WN_CAT(name, f32, ISA)
+#define T float
+#define NT float
+#define CT float
+#define BT double
+#define LDD(x) ((double)(x))
+#define LDF(x) (x)
+#define STF(y) (y)
+#define LDB(x) ((double)(x))
+#define STB(y) ((float)(y))
+#include "wn_impl.h"
+#undef FN
+#undef T
+#undef NT
+#undef CT
+#undef BT
+#undef LDD
+#undef LDF
+#undef STF
+#undef LDB
+#undef STB
+
+/* float64 */
+#define FN(name) WN_CAT(name, f64, ISA)
+#define T double
+#define NT double
+#define CT double
+#define BT double
+#define LDD(x) (x)
+#define LDF(x) (x)
+#define STF(y) (y)
+#define LDB(x) (x)
+#define STB(y) (y)
+#include "wn_impl.h"
+#undef FN
+#undef T
+#undef NT
+#undef CT
+#undef BT
+#undef LDD
+#undef LDF
+#undef STF
+#undef LDB
+#undef STB
+
+/* float16 (IEEE binary16 bit patterns), computed in float32 */
+#define FN(name) WN_CAT(name, f16, ISA)
+#define T uint16_t
+#define NT float
+#define CT float
+#define BT float
+#define LDD(x) ((double)wn_h2f(x))
+#define LDF(x) wn_h2f(x)
+#define STF(y) wn_f2h(y)
+#define LDB(x) wn_h2f(x)
+#define STB(y) wn_f2h(y)
+#include "wn_impl.h"
+#undef FN
+#undef LDD
+#undef LDF
+#undef STF
+#undef LDB
+#undef STB
+
+/* bfloat16 (bit patterns), computed in float32; T, NT, CT, BT as float16 */
+#define FN(name) WN_CAT(name, bf16, ISA)
+#define LDD(x) ((double)wn_bf2f(x))
+#define LDF(x) wn_bf2f(x)
+#define STF(y) wn_f2bf(y)
+#define LDB(x) wn_bf2f(x)
+#define STB(y) wn_f2bf(y)
+#include "wn_impl.h"
+#undef FN
+#undef T
+#undef NT
+#undef CT
+#undef BT
+#undef LDD
+#undef LDF
+#undef STF
+#undef LDB
+#undef STB
+
+#undef STREAM

@@ -1,0 +1,447 @@
+"""The front end: validation, layout normalization and backend dispatch.
+
+Everything the user passes is checked here, before any output is allocated or
+any kernel runs, so a bad call raises and writes nothing.  Arrays are then
+described as rows x reduced elements (`wnkernels._layout.Layout`) and handed
+to the CPU kernels (csrc/ via wnkernels._cpu) or the CUDA kernels
+(wnkernels.cuda) without copying.  The front end never loops over data.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from functools import lru_cache
+from math import isfinite
+
+import numpy as np
+
+from ._arrays import FLOAT_DTYPES, ArrayInfo
+from ._layout import make_layout, normalize_dim
+
+__all__ = ["weight_norm", "weight_norm_backward", "set_num_threads",
+           "get_num_threads"]
+
+# ---------------------------------------------------------------- threads
+
+
+def _default_threads() -> int:
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_threads = _default_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Number of threads the CPU kernels use (default: all usable cores, or
+    ``OMP_NUM_THREADS``).  Results are bitwise identical for every value."""
+    global _threads
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _threads = int(n)
+
+
+def get_num_threads() -> int:
+    """Number of threads the CPU kernels use."""
+    return _threads
+
+
+# ------------------------------------------------------------- array intake
+
+_cpu_mod = None
+_cuda_mod = None
+_ml_bf16 = None
+
+
+def _cpu():
+    global _cpu_mod
+    if _cpu_mod is None:
+        from . import _cpu as mod
+        _cpu_mod = mod
+    return _cpu_mod
+
+
+def _cuda():
+    global _cuda_mod
+    if _cuda_mod is None:
+        from . import cuda as mod
+        _cuda_mod = mod
+    return _cuda_mod
+
+
+def _bf16_dtype():
+    global _ml_bf16
+    if _ml_bf16 is None:
+        import ml_dtypes
+        _ml_bf16 = np.dtype(ml_dtypes.bfloat16)
+    return _ml_bf16
+
+
+_LIBRARY = {"numpy": "NumPy", "torch": "torch", "torch-cuda": "torch",
+            "cupy": "CuPy", "numba": "numba", "cai": "CUDA array interface",
+            "dlpack": "DLPack"}
+
+
+def _torch_tensor_type():
+    torch = sys.modules.get("torch")
+    return torch.Tensor if torch is not None else None
+
+
+def _numpy_info(name: str, arr: np.ndarray, kind: str, obj, dtype_name=None):
+    if dtype_name is None:
+        dtype_name = arr.dtype.name
+        if dtype_name in FLOAT_DTYPES and not arr.dtype.isnative:
+            if name == "out":
+                raise ValueError("out: byte-swapped arrays cannot be written")
+            arr = arr.astype(arr.dtype.newbyteorder("="))  # rare: one copy
+        if dtype_name == "bfloat16":                       # ml_dtypes.bfloat16
+            arr = arr.view(np.uint16)
+    itemsize = arr.dtype.itemsize
+    if not arr.flags.aligned:
+        if name == "out":
+            raise ValueError("out: array is not aligned to its itemsize")
+        arr = arr.copy()
+    strides = tuple(s // itemsize for s in arr.strides)
+    return ArrayInfo(obj=obj, kind=kind, device=("cpu", 0), shape=arr.shape,
+                     strides=strides, dtype=dtype_name, itemsize=itemsize,
+                     ptr=arr.__array_interface__["data"][0],
+                     readonly=not arr.flags.writeable, base=arr)
+
+
+def _info(name: str, x) -> ArrayInfo:
+    """Describe one argument; TypeError for anything that is not an array."""
+    if isinstance(x, np.ndarray):
+        return _numpy_info(name, x, "numpy", x)
+    tt = _torch_tensor_type()
+    if tt is not None and isinstance(x, tt):
+        if x.is_cuda:
+            return _cuda().info(x)
+        if x.layout is not sys.modules["torch"].strided or x.device.type != "cpu":
+            raise TypeError(f"{name}: only strided CPU or CUDA torch tensors are "
+                            f"supported, got layout={x.layout} device={x.device}")
+        dtype_name = str(x.dtype).replace("torch.", "")
+        t = x.detach()
+        if t.is_conj() or t.is_neg():
+            t = t.resolve_conj().resolve_neg()
+        if dtype_name == "bfloat16":
+            arr = t.view(sys.modules["torch"].int16).numpy().view(np.uint16)
+        elif dtype_name in FLOAT_DTYPES:
+            arr = t.numpy()
+        else:
+            arr = None
+        if arr is None:
+            raise TypeError(f"{name}: unsupported dtype {x.dtype}; expected "
+                            "float16, bfloat16, float32 or float64")
+        info = _numpy_info(name, arr, "torch", x, dtype_name)
+        info.readonly = False
+        return info
+    if isinstance(x, (int, float, complex, bool, np.generic)) or x is None \
+            or isinstance(x, (list, tuple, str, bytes)):
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+    if _maybe_gpu(x) and _cuda().is_gpu_array(x):
+        return _cuda().info(x)
+    if hasattr(x, "__array_interface__") or hasattr(x, "__dlpack__"):
+        try:
+            arr = np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
+        except (TypeError, BufferError, RuntimeError) as e:
+            raise TypeError(f"{name}: cannot read array of type "
+                            f"{type(x).__name__}: {e}") from None
+        return _numpy_info(name, arr, "numpy", arr)
+    raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+
+
+def _maybe_gpu(x) -> bool:
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    mod = type(x).__module__
+    if mod.startswith(("cupy", "numba")):
+        return True
+    dev = getattr(x, "__dlpack_device__", None)
+    if dev is not None:
+        try:
+            return dev()[0] in (2, 3, 13)   # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+        except Exception:
+            return False
+    return False
+
+
+def _check_family(infos) -> None:
+    libs = {_LIBRARY[i.kind] for i in infos.values()}
+    if len(libs) > 1:
+        names = ", ".join(f"{n}: {_LIBRARY[i.kind]}" for n, i in infos.items())
+        raise TypeError(f"all arrays must be of one kind, got {names}")
+    devs = {i.device for i in infos.values()}
+    if len(devs) > 1:
+        names = ", ".join(f"{n}: {i.device[0]}:{i.device[1]}"
+                          for n, i in infos.items())
+        raise ValueError(f"all arrays must be on one device, got {names}")
+
+
+def _check_dtypes(infos, norms=None) -> str:
+    for n, i in infos.items():
+        if i.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{n}: unsupported dtype {i.dtype}; expected "
+                            "float16, bfloat16, float32 or float64")
+    dts = {i.dtype for i in infos.values()}
+    if len(dts) > 1:
+        names = ", ".join(f"{n}: {i.dtype}" for n, i in infos.items())
+        raise TypeError(f"arrays must share one dtype, got {names}")
+    dtype = dts.pop()
+    if norms is not None and norms.dtype != FLOAT_DTYPES[dtype]:
+        raise TypeError(f"norms: expected dtype {FLOAT_DTYPES[dtype]} (as "
+                        f"weight_norm returns it for {dtype}), got {norms.dtype}")
+    return dtype
+
+
+def _g_shapes(vshape, kept):
+    keep = tuple(n if ax in kept else 1 for ax, n in enumerate(vshape))
+    flat = tuple(vshape[ax] for ax in kept)
+    return (keep, flat) if kept else (keep, (), (1,))
+
+
+def _check_g_shape(name, info, vshape, kept, dim):
+    allowed = _g_shapes(vshape, kept)
+    if info.shape not in allowed:
+        want = " or ".join(str(s) for s in dict.fromkeys(allowed))
+        raise ValueError(f"{name}: expected shape {want} for v of shape "
+                         f"{tuple(vshape)} with dim={dim!r}, got {info.shape}")
+
+
+def _row_stride(info: ArrayInfo):
+    """Element stride between consecutive rows of a per-row array (g, norms),
+    or None when its rows are not evenly spaced (then it is copied)."""
+    dims = [(n, s) for n, s in zip(info.shape, info.strides) if n != 1]
+    if not dims:
+        return 0
+    for (n_out, s_out), (n_in, s_in) in zip(dims, dims[1:]):
+        if s_out != s_in * n_in:
+            return None
+    return dims[-1][1]
+
+
+def _overlaps(a: ArrayInfo, b: ArrayInfo) -> bool:
+    lo_a, hi_a = a.extent()
+    lo_b, hi_b = b.extent()
+    if hi_a <= lo_b or hi_b <= lo_a:
+        return False
+    if a.base is not None and b.base is not None and a.device[0] == "cpu":
+        try:
+            return bool(np.shares_memory(a.base, b.base, max_work=10**6))
+        except np.exceptions.TooHardError:
+            return True
+    return True
+
+
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating,
+                                                     np.integer)):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not (eps >= 0.0 and isfinite(eps)):
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    return eps
+
+
+@lru_cache(maxsize=512)
+def _layout(shape, kept, strides):
+    return make_layout(shape, kept, strides)
+
+
+# ------------------------------------------------------------- allocation
+
+def _empty_like(info: ArrayInfo, shape, dtype: str, like_strides: bool):
+    """New array of `info`'s kind and device; with like_strides, in the same
+    axis order as `info` (so the kernels see matching strides)."""
+    if info.device[0] == "cuda":
+        strides = _dense_strides(info) if like_strides else None
+        obj = _cuda().empty(info, tuple(shape), dtype, strides)
+        return obj, _cuda().info(obj)
+    np_dtype = np.uint16 if dtype == "bfloat16" else np.dtype(dtype)
+    if like_strides:
+        order = np.argsort([-abs(s) for s in info.strides], kind="stable")
+        arr = np.empty([shape[i] for i in order], np_dtype).transpose(
+            np.argsort(order))
+    else:
+        arr = np.empty(shape, np_dtype)
+    user = arr
+    if info.kind == "torch":
+        torch = sys.modules["torch"]
+        user = torch.from_numpy(arr)
+        if dtype == "bfloat16":
+            user = user.view(torch.bfloat16)
+    elif dtype == "bfloat16":
+        user = arr.view(_bf16_dtype())
+    strides = tuple(s // arr.itemsize for s in arr.strides)
+    return user, ArrayInfo(obj=user, kind=info.kind, device=info.device,
+                           shape=arr.shape, strides=strides, dtype=dtype,
+                           itemsize=arr.itemsize,
+                           ptr=arr.__array_interface__["data"][0], base=arr)
+
+
+def _dense_strides(info: ArrayInfo):
+    """Element strides of a dense array with `info`'s axis order."""
+    order = sorted(range(len(info.shape)), key=lambda i: -abs(info.strides[i]))
+    strides = [0] * len(info.shape)
+    step = 1
+    for ax in reversed(order):
+        strides[ax] = step
+        step *= max(info.shape[ax], 1)
+    return tuple(strides)
+
+
+def _contiguous(info: ArrayInfo) -> ArrayInfo:
+    """A C-contiguous copy of a small per-row array (g or norms)."""
+    if info.device[0] == "cuda":
+        return _cuda().info(_cuda().ascontiguous(info))
+    arr = np.ascontiguousarray(info.base)
+    return ArrayInfo(obj=arr, kind=info.kind, device=info.device,
+                     shape=arr.shape, strides=(1,) * arr.ndim if arr.size else
+                     tuple(0 for _ in arr.shape), dtype=info.dtype,
+                     itemsize=info.itemsize,
+                     ptr=arr.__array_interface__["data"][0], base=arr)
+
+
+def _per_row(info: ArrayInfo):
+    """(info, row stride) for g / norms, copying only if rows are uneven."""
+    stride = _row_stride(info)
+    if stride is None:
+        info = _contiguous(info)
+        stride = 1
+    return info, stride
+
+
+# ------------------------------------------------------------- public API
+
+def weight_norm(v, g, dim=0, *, eps=0.0, out=None):
+    """Weight-normalized weight and its per-row norms.
+
+    ``norm = sqrt(sum(v**2 over the reduced axes) + eps)`` and
+    ``w = v * (g / norm)``, one norm per kept index (``dim``).
+
+    Parameters
+    ----------
+    v : array (NumPy, torch, CuPy, numba, or any DLPack / CUDA-array-interface
+        array); float16, bfloat16, float32 or float64, any strides.
+    g : array of v's dtype, shaped like v with size 1 on the reduced axes
+        (``(out, 1, 1, 1)``) or as the kept axes alone (``(out,)``).
+    dim : int, tuple of ints, or None
+        Kept axes; None or () normalizes the whole array as one row.
+    eps : float >= 0, added under the square root.
+    out : optional preallocated w (v's shape, dtype and device); may be v.
+
+    Returns
+    -------
+    (w, norms): w like v; norms in g's shape, float32 for half types.
+    Same kind of array as the inputs, on the same device.
+    """
+    eps = _check_eps(eps)
+    infos = {"v": _info("v", v), "g": _info("g", g)}
+    if out is not None:
+        infos["out"] = _info("out", out)
+    _check_family(infos)
+    oi = infos.pop("out", None)
+    dtype = _check_dtypes(infos)
+    vi, gi = infos["v"], infos["g"]
+    kept = normalize_dim(dim, len(vi.shape))
+    _check_g_shape("g", gi, vi.shape, kept, dim)
+    if oi is not None:
+        if oi.dtype != dtype:
+            raise ValueError(f"out: expected dtype {dtype} (v's), got {oi.dtype}")
+        if oi.shape != vi.shape:
+            raise ValueError(f"out: expected shape {vi.shape} (v's), got {oi.shape}")
+        if oi.readonly:
+            raise ValueError("out: array is read-only")
+        alias = oi.ptr == vi.ptr and oi.strides == vi.strides
+        if not alias and _overlaps(oi, vi):
+            raise ValueError("out: overlaps v without being v itself "
+                             f"(out strides {oi.strides}, v strides {vi.strides})")
+        if _overlaps(oi, gi):
+            raise ValueError("out: overlaps g")
+    gi, g_stride = _per_row(gi)
+
+    norm_dtype = FLOAT_DTYPES[dtype]
+    if oi is None:
+        w, oi = _empty_like(vi, vi.shape, dtype, like_strides=True)
+    else:
+        w = out
+    norms, ni = _empty_like(gi, gi.shape, norm_dtype, like_strides=False)
+
+    layout = _layout(vi.shape, kept, (vi.strides, oi.strides))
+    if layout.nrows:
+        if vi.device[0] == "cuda":
+            _cuda().forward(layout, _shift(vi, layout, 0), gi, g_stride,
+                            _shift(oi, layout, 1), ni, eps)
+        else:
+            _cpu().forward(_CODES[dtype], layout, _ptr(vi, layout, 0), gi.ptr,
+                           g_stride, _ptr(oi, layout, 1), ni.ptr, eps, _threads)
+    return w, norms
+
+
+def weight_norm_backward(grad_w, v, g, norms, dim=0):
+    """Gradients of `weight_norm` with respect to v and g.
+
+    ``grad_g = sum(grad_w * v) / norm`` and
+    ``grad_v = (g / norm) * grad_w - (g * grad_g / norm**2) * v``, using
+    ``norms`` exactly as `weight_norm` returned them (never recomputed).
+
+    Returns (grad_v, grad_g): grad_v like v, grad_g in g's shape and dtype.
+    """
+    infos = {"grad_w": _info("grad_w", grad_w), "v": _info("v", v),
+             "g": _info("g", g), "norms": _info("norms", norms)}
+    _check_family(infos)
+    ni = infos.pop("norms")
+    dtype = _check_dtypes(infos, norms=ni)
+    infos["norms"] = ni
+    gwi, vi, gi = infos["grad_w"], infos["v"], infos["g"]
+    kept = normalize_dim(dim, len(vi.shape))
+    if gwi.shape != vi.shape:
+        raise ValueError(f"grad_w: expected shape {vi.shape} (v's), got {gwi.shape}")
+    _check_g_shape("g", gi, vi.shape, kept, dim)
+    _check_g_shape("norms", ni, vi.shape, kept, dim)
+    gi, g_stride = _per_row(gi)
+    ni, n_stride = _per_row(ni)
+
+    grad_v, gvi = _empty_like(vi, vi.shape, dtype, like_strides=True)
+    grad_g, ggi = _empty_like(gi, gi.shape, dtype, like_strides=False)
+
+    layout = _layout(vi.shape, kept, (vi.strides, gwi.strides, gvi.strides))
+    if layout.nrows:
+        if vi.device[0] == "cuda":
+            _cuda().backward(layout, _shift(gwi, layout, 1), _shift(vi, layout, 0),
+                             gi, g_stride, ni, n_stride, _shift(gvi, layout, 2),
+                             ggi)
+        else:
+            _cpu().backward(_CODES[dtype], layout, _ptr(gwi, layout, 1),
+                            _ptr(vi, layout, 0), gi.ptr, g_stride, ni.ptr,
+                            n_stride, _ptr(gvi, layout, 2), ggi.ptr, _threads)
+    return grad_v, grad_g
+
+
+_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
+
+
+def _ptr(info: ArrayInfo, layout, a: int) -> int:
+    """Address of (row 0, element 0) of array `a` of the layout."""
+    return info.ptr + layout.offsets[a] * info.itemsize
+
+
+def _shift(info: ArrayInfo, layout, a: int) -> ArrayInfo:
+    """`info` with ptr moved to (row 0, element 0) of array `a`."""
+    off = layout.offsets[a]
+    if not off:
+        return info
+    return ArrayInfo(obj=info.obj, kind=info.kind, device=info.device,
+                     shape=info.shape, strides=info.strides, dtype=info.dtype,
+                     itemsize=info.itemsize, ptr=info.ptr + off * info.itemsize,
+                     readonly=info.readonly, base=info.base)
+
+
