@@ -45,6 +45,8 @@ static int64_t wn_col_budget = 256 * 1024;
 static int64_t wn_stream_threshold = 16 << 20;
 
 void wn_set_stream_threshold(int64_t nbytes) { wn_stream_threshold = nbytes; }
+void wn_set_col_budget(int64_t nbytes) { wn_col_budget = nbytes > 0 ? nbytes : 1; }
+int64_t wn_get_col_budget(void) { return wn_col_budget; }
 int64_t wn_get_stream_threshold(void) { return wn_stream_threshold; }
 
 typedef void (*wn_fwd_fn)(const wn_layout *, const void *, const void *,
@@ -119,6 +121,19 @@ const char *wn_isa(void) { return wn_isa_names[wn_isa_detect()]; }
 
 static const int64_t wn_itemsize[4] = {2, 2, 4, 8};
 
+/* Below ~64 KiB of input per thread, waking another thread costs more than
+ * it saves (and on a busy machine a sleeping team member costs far more).
+ * Results do not depend on the thread count, so this is only about speed. */
+#define WN_BYTES_PER_THREAD (64 << 10)
+
+static int wn_threads_for(int dtype, const wn_layout *L, int nthreads, int ninputs)
+{
+    int64_t bytes = L->nrows * L->rowlen * wn_itemsize[dtype] * ninputs;
+    int64_t useful = bytes / WN_BYTES_PER_THREAD;
+    if (useful < 1) useful = 1;
+    return nthreads < useful ? (nthreads < 1 ? 1 : nthreads) : (int)useful;
+}
+
 static int wn_stream_ok(int dtype, const wn_layout *L, int out)
 {
     if (L->red_ndim != 1 || L->red_stride[out][0] != 1) return 0;
@@ -130,7 +145,8 @@ void wn_forward(int dtype, const wn_layout *L, const void *v, const void *g,
 {
     if (L->nrows <= 0) return;
     wn_fwd_table[wn_isa_detect()][dtype](L, v, g, g_stride, w, norms, eps,
-                                         nthreads, wn_stream_ok(dtype, L, 1));
+                                         wn_threads_for(dtype, L, nthreads, 1),
+                                         wn_stream_ok(dtype, L, 1));
 }
 
 void wn_backward(int dtype, const wn_layout *L, const void *grad_w,
@@ -140,7 +156,8 @@ void wn_backward(int dtype, const wn_layout *L, const void *grad_w,
 {
     if (L->nrows <= 0) return;
     wn_bwd_table[wn_isa_detect()][dtype](L, grad_w, v, g, g_stride, norms,
-                                         norms_stride, grad_v, grad_g, nthreads,
+                                         norms_stride, grad_v, grad_g,
+                                         wn_threads_for(dtype, L, nthreads, 2),
                                          wn_stream_ok(dtype, L, 2));
 }
 
@@ -157,28 +174,12 @@ void wn_roofline_copy(void *dst, const void *src, int64_t nbytes, int nthreads)
     }
 }
 
+/* Plain loops: SSE2 already saturates memory bandwidth on these sizes. */
 #define WN_TRIAD(T, name)                                                      \
     void name(T *a, const T *b, T s, const T *c, int64_t n, int nthreads)      \
     {                                                                          \
         _Pragma("omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)") \
         for (int64_t i = 0; i < n; i++) a[i] = b[i] * s + c[i];               \
     }
-WN_TRIAD(float, wn_roofline_triad_f32_impl)
-WN_TRIAD(double, wn_roofline_triad_f64_impl)
-
-/* The triad gets the best variant too, so the roofline is not handicapped. */
-#ifdef WN_X86
-#define WN_TRIAD_ATTR __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define WN_TRIAD_ATTR
-#endif
-WN_TRIAD_ATTR void wn_roofline_triad_f32(float *a, const float *b, float s,
-                                         const float *c, int64_t n, int nthreads)
-{
-    wn_roofline_triad_f32_impl(a, b, s, c, n, nthreads);
-}
-WN_TRIAD_ATTR void wn_roofline_triad_f64(double *a, const double *b, double s,
-                                         const double *c, int64_t n, int nthreads)
-{
-    wn_roofline_triad_f64_impl(a, b, s, c, n, nthreads);
-}
+WN_TRIAD(float, wn_roofline_triad_f32)
+WN_TRIAD(double, wn_roofline_triad_f64)

@@ -79,6 +79,10 @@ int wn_have_openmp(void);
 /* Output size (bytes) above which contiguous outputs use streaming stores. */
 void wn_set_stream_threshold(int64_t nbytes);
 int64_t wn_get_stream_threshold(void);
+/* Column strategy: bytes of each input a column block keeps cached between
+ * its two passes (tuning knob; results do not depend on it). */
+void wn_set_col_budget(int64_t nbytes);
+int64_t wn_get_col_budget(void);
 
 #ifdef __cplusplus
 }

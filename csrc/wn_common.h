@@ -38,16 +38,18 @@ WN_INLINE float wn_h2f(uint16_t h)
     float mag = wn_u2f((uint32_t)(h & 0x7fffu) << 13) * 0x1p112f;
     uint32_t r = wn_f2u(mag);
     r |= (mag >= 65536.0f) ? (255u << 23) : 0u;         /* Inf / NaN */
+    r |= ((h & 0x7fffu) > 0x7c00u) ? 0x00400000u : 0u;  /* NaN: quiet, as F16C */
     return wn_u2f(r | ((uint32_t)(h & 0x8000u) << 16));
 }
 
-/* float32 -> binary16, round to nearest even; NaN -> quiet NaN. */
+/* float32 -> binary16, round to nearest even; NaN -> quiet NaN keeping the
+ * top payload bits (what F16C's vcvtps2ph does, so all variants agree). */
 WN_INLINE uint16_t wn_f2h(float x)
 {
     uint32_t f = wn_f2u(x);
     uint32_t sign = f & 0x80000000u;
     f ^= sign;
-    uint32_t infnan = (f > (255u << 23)) ? 0x7e00u : 0x7c00u;
+    uint32_t infnan = (f > (255u << 23)) ? (0x7e00u | ((f >> 13) & 0x3ffu)) : 0x7c00u;
     /* subnormal results: let the FPU round by adding 0.5 (2^-1) */
     uint32_t sub = wn_f2u(wn_u2f(f) + 0.5f) - wn_f2u(0.5f);
     uint32_t nrm = (f + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((f >> 13) & 1u)) >> 13;

@@ -7,6 +7,8 @@
  *   LDD(x)    T -> double (accumulation; exact for every T)
  *   LDF(x)    T -> CT        STF(y)   CT -> T
  *   LDB(x)    T -> BT        STB(y)   BT -> T
+ *   VLOAD16(CT *f, const T *p)   16 contiguous elements -> CT
+ *   VSTORE16(T *p, const CT *f)  16 CT values -> contiguous elements
  *   STREAM(dst, src, nbytes)  streaming store of a 64-byte-aligned L1 buffer
  *
  * Two strategies, both with one parallel region per call:
@@ -38,11 +40,15 @@ WN_INLINE void FN(lane_sumsq)(double *restrict acc, const T *restrict x,
 {
     int64_t i = 0;
     if (s == 1) {
-        for (; i + WN_LANES <= n; i += WN_LANES)
+        for (; i + WN_LANES <= n; i += WN_LANES) {
+            CT f[WN_LANES];
+            VLOAD16(f, x + i);
+            VLOAD16(f + 16, x + i + 16);
             for (int j = 0; j < WN_LANES; j++) {
-                double t = LDD(x[i + j]);
+                double t = (double)f[j];
                 acc[j] += t * t;
             }
+        }
     } else {
         for (; i + WN_LANES <= n; i += WN_LANES)
             for (int j = 0; j < WN_LANES; j++) {
@@ -62,9 +68,15 @@ WN_INLINE void FN(lane_dot)(double *restrict acc, const T *restrict a,
 {
     int64_t i = 0;
     if (sa == 1 && sb == 1) {
-        for (; i + WN_LANES <= n; i += WN_LANES)
+        for (; i + WN_LANES <= n; i += WN_LANES) {
+            CT fa[WN_LANES], fb[WN_LANES];
+            VLOAD16(fa, a + i);
+            VLOAD16(fa + 16, a + i + 16);
+            VLOAD16(fb, b + i);
+            VLOAD16(fb + 16, b + i + 16);
             for (int j = 0; j < WN_LANES; j++)
-                acc[j] += LDD(a[i + j]) * LDD(b[i + j]);
+                acc[j] += (double)fa[j] * (double)fb[j];
+        }
     } else {
         for (; i + WN_LANES <= n; i += WN_LANES)
             for (int j = 0; j < WN_LANES; j++)
@@ -72,6 +84,25 @@ WN_INLINE void FN(lane_dot)(double *restrict acc, const T *restrict a,
     }
     for (int j = 0; i < n; i++, j++)
         acc[j] += LDD(a[i * sa]) * LDD(b[i * sb]);
+}
+
+/* 16 elements of w = v * scale (contiguous). */
+WN_INLINE void FN(scale16)(T *w, const T *v, CT scale)
+{
+    CT f[16];
+    VLOAD16(f, v);
+    for (int j = 0; j < 16; j++) f[j] *= scale;
+    VSTORE16(w, f);
+}
+
+/* 16 elements of grad_v = a * grad_w - b * v (contiguous). */
+WN_INLINE void FN(bwd16)(T *gv, const T *gw, const T *v, BT a, BT b)
+{
+    CT fg[16], fv[16];
+    VLOAD16(fg, gw);
+    VLOAD16(fv, v);
+    for (int j = 0; j < 16; j++) fg[j] = (CT)(a * (BT)fg[j] - b * (BT)fv[j]);
+    VSTORE16(gv, fg);
 }
 
 /* w = v * scale.  With `nt`, a contiguous w is written with streaming
@@ -87,10 +118,11 @@ WN_INLINE void FN(scale_run)(T *w, int64_t sw, const T *v, int64_t sv,
             for (; i < n && ((uintptr_t)(w + i) & 63); i++)
                 w[i] = STF(LDF(v[i]) * scale);
             for (; i + B <= n; i += B) {
-                for (int j = 0; j < B; j++) buf[j] = STF(LDF(v[i + j]) * scale);
+                for (int j = 0; j < B; j += 16) FN(scale16)(buf + j, v + i + j, scale);
                 STREAM(w + i, buf, sizeof buf);
             }
         }
+        for (; i + 16 <= n; i += 16) FN(scale16)(w + i, v + i, scale);
         for (; i < n; i++) w[i] = STF(LDF(v[i]) * scale);
     } else {
         for (; i < n; i++) w[i * sw] = STF(LDF(v[i * sv]) * scale);
@@ -110,11 +142,11 @@ WN_INLINE void FN(bwd_run)(T *gv, int64_t sgv, const T *gw, int64_t sgw,
             for (; i < n && ((uintptr_t)(gv + i) & 63); i++)
                 gv[i] = STB(a * LDB(gw[i]) - b * LDB(v[i]));
             for (; i + B <= n; i += B) {
-                for (int j = 0; j < B; j++)
-                    buf[j] = STB(a * LDB(gw[i + j]) - b * LDB(v[i + j]));
+                for (int j = 0; j < B; j += 16) FN(bwd16)(buf + j, gw + i + j, v + i + j, a, b);
                 STREAM(gv + i, buf, sizeof buf);
             }
         }
+        for (; i + 16 <= n; i += 16) FN(bwd16)(gv + i, gw + i, v + i, a, b);
         for (; i < n; i++) gv[i] = STB(a * LDB(gw[i]) - b * LDB(v[i]));
     } else {
         for (; i < n; i++)

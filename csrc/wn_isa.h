@@ -31,6 +31,11 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 }
 #define STREAM(d, s, n) WN_CAT(wn, stream, ISA)((d), (s), (n))
 
+/* Generic 16-element conversions (auto-vectorized); float16 overrides them
+ * with F16C instructions where the variant has them. */
+#define VLOAD16(f, p) do { for (int j_ = 0; j_ < 16; j_++) (f)[j_] = LDF((p)[j_]); } while (0)
+#define VSTORE16(p, f) do { for (int j_ = 0; j_ < 16; j_++) (p)[j_] = STF((f)[j_]); } while (0)
+
 /* float32 */
 #define FN(name) WN_CAT(name, f32, ISA)
 #define T float
@@ -88,7 +93,31 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define STF(y) wn_f2h(y)
 #define LDB(x) wn_h2f(x)
 #define STB(y) wn_f2h(y)
+#if defined(__AVX512F__)
+#undef VLOAD16
+#undef VSTORE16
+#define VLOAD16(f, p) _mm512_storeu_ps((f), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p))))
+#define VSTORE16(p, f) _mm256_storeu_si256((__m256i *)(p), \
+    _mm512_cvtps_ph(_mm512_loadu_ps(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+#elif defined(__F16C__)
+#undef VLOAD16
+#undef VSTORE16
+#define VLOAD16(f, p) do { \
+    _mm256_storeu_ps((f), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))); \
+    _mm256_storeu_ps((f) + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p) + 1))); \
+} while (0)
+#define VSTORE16(p, f) do { \
+    _mm_storeu_si128((__m128i *)(p), _mm256_cvtps_ph(_mm256_loadu_ps(f), \
+                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); \
+    _mm_storeu_si128((__m128i *)(p) + 1, _mm256_cvtps_ph(_mm256_loadu_ps((f) + 8), \
+                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); \
+} while (0)
+#endif
 #include "wn_impl.h"
+#undef VLOAD16
+#undef VSTORE16
+#define VLOAD16(f, p) do { for (int j_ = 0; j_ < 16; j_++) (f)[j_] = LDF((p)[j_]); } while (0)
+#define VSTORE16(p, f) do { for (int j_ = 0; j_ < 16; j_++) (p)[j_] = STF((f)[j_]); } while (0)
 #undef FN
 #undef LDD
 #undef LDF
@@ -116,3 +145,5 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef STB
 
 #undef STREAM
+#undef VLOAD16
+#undef VSTORE16

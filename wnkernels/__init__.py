@@ -8,9 +8,9 @@
 The float64 NumPy reference of the math is ``wnkernels.reference``.
 """
 
-from ._frontend import (get_num_threads, set_num_threads, weight_norm,
-                        weight_norm_backward)
+from ._frontend import (empty_cache, get_num_threads, set_num_threads,
+                        weight_norm, weight_norm_backward)
 
 __version__ = "0.1.0"
 __all__ = ["weight_norm", "weight_norm_backward", "set_num_threads",
-           "get_num_threads", "__version__"]
+           "get_num_threads", "empty_cache", "__version__"]

@@ -35,6 +35,8 @@ cdef extern from "wn.h" nogil:
     int wn_have_openmp()
     void wn_set_stream_threshold(int64_t nbytes)
     int64_t wn_get_stream_threshold()
+    void wn_set_col_budget(int64_t nbytes)
+    int64_t wn_get_col_budget()
 
 # dtype name -> kernel code (csrc/wn.h enum wn_dtype)
 DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
@@ -137,3 +139,11 @@ def set_stream_threshold(int64_t nbytes):
 
 def get_stream_threshold():
     return wn_get_stream_threshold()
+
+
+def set_col_budget(int64_t nbytes):
+    wn_set_col_budget(nbytes)
+
+
+def get_col_budget():
+    return wn_get_col_budget()
