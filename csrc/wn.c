@@ -134,10 +134,13 @@ static int wn_threads_for(int dtype, const wn_layout *L, int nthreads, int ninpu
     return nthreads < useful ? (nthreads < 1 ? 1 : nthreads) : (int)useful;
 }
 
+/* Streaming stores pay off when the output is large and has a contiguous
+ * axis the strategy writes along (the kept axis in column mode). */
 static int wn_stream_ok(int dtype, const wn_layout *L, int out)
 {
-    if (L->red_ndim != 1 || L->red_stride[out][0] != 1) return 0;
-    return L->nrows * L->rowlen * wn_itemsize[dtype] >= wn_stream_threshold;
+    if (L->nrows * L->rowlen * wn_itemsize[dtype] < wn_stream_threshold) return 0;
+    if (wn_use_columns(L)) return L->kept_stride[out][L->kept_ndim - 1] == 1;
+    return L->red_ndim >= 1 && L->red_stride[out][L->red_ndim - 1] == 1;
 }
 
 void wn_forward(int dtype, const wn_layout *L, const void *v, const void *g,

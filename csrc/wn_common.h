@@ -211,6 +211,52 @@ WN_INLINE void wn_redctr_next(const wn_layout *L, int narr, wn_redctr *C)
     }
 }
 
+WN_INLINE void wn_redctr_seek(const wn_layout *L, int narr, int64_t e,
+                              wn_redctr *C)
+{
+    memset(C->idx, 0, sizeof(C->idx));
+    for (int a = 0; a < narr; a++) C->off[a] = 0;
+    for (int d = L->red_ndim - 1; d >= 0; d--) {
+        int64_t n = L->red_shape[d], i = e % n;
+        e /= n;
+        C->idx[d] = i;
+        for (int a = 0; a < narr; a++) C->off[a] += i * L->red_stride[a][d];
+    }
+}
+
+/*
+ * Column-mode geometry: the innermost kept dim ("columns", m of them) is
+ * v's fastest axis.  Columns go in blocks of cb; the reduced extent goes in
+ * superchunks of sc steps (at most 16 per row, a multiple of WN_COLCHUNK).
+ * sc depends on rowlen only, so the summation order is fixed by the shape.
+ */
+typedef struct {
+    int64_t m, nouter, cb, nblk, sc, nsc;
+} wn_colgeom;
+
+WN_INLINE wn_colgeom wn_colgeom_make(const wn_layout *L, int64_t itemsize,
+                                     int ninputs, int64_t budget, int64_t maxcb)
+{
+    wn_colgeom G;
+    G.m = L->kept_shape[L->kept_ndim - 1];
+    G.nouter = L->nrows / G.m;
+    int64_t sc = (L->rowlen + 15) / 16;
+    sc = (sc + WN_COLCHUNK - 1) / WN_COLCHUNK * WN_COLCHUNK;
+    G.sc = sc < 8 * WN_COLCHUNK ? 8 * WN_COLCHUNK : sc;
+    G.nsc = (L->rowlen + G.sc - 1) / G.sc;
+    /* One superchunk: size blocks to stay in L2 between the passes.  More:
+     * the data cannot stay in L2, so take wide blocks (long contiguous runs
+     * per reduced step stream well). */
+    int64_t minc = 64 / itemsize, cb = maxcb;
+    if (G.nsc == 1) {
+        cb = budget / (L->rowlen * itemsize * ninputs);
+        cb = cb < minc ? minc : cb > maxcb ? maxcb : cb - cb % minc;
+    }
+    G.cb = cb > G.m ? G.m : cb;
+    G.nblk = (G.m + G.cb - 1) / G.cb;
+    return G;
+}
+
 /* Column mode applies when the innermost kept dim is v's fastest axis. */
 WN_INLINE int wn_use_columns(const wn_layout *L)
 {

@@ -31,7 +31,7 @@
  */
 
 #define WN_BUFBYTES 1024
-#define WN_COLBLK 512
+#define WN_COLBLK 1024
 
 /* ---- runs along one strided dim (the vectorized inner loops) ---------- */
 
@@ -152,6 +152,59 @@ WN_INLINE void FN(bwd_run)(T *gv, int64_t sgv, const T *gw, int64_t sgw,
         for (; i < n; i++)
             gv[i * sgv] = STB(a * LDB(gw[i * sgw]) - b * LDB(v[i * sv]));
     }
+}
+
+/* Contiguous runs with a per-element scale (column mode): y = x * sc[i]. */
+WN_INLINE void FN(scalev16)(T *y, const T *x, const CT *sc)
+{
+    CT f[16];
+    VLOAD16(f, x);
+    for (int j = 0; j < 16; j++) f[j] *= sc[j];
+    VSTORE16(y, f);
+}
+
+WN_INLINE void FN(bwdv16)(T *z, const T *y, const T *x, const BT *a, const BT *b)
+{
+    CT fy[16], fx[16];
+    VLOAD16(fy, y);
+    VLOAD16(fx, x);
+    for (int j = 0; j < 16; j++) fy[j] = (CT)(a[j] * (BT)fy[j] - b[j] * (BT)fx[j]);
+    VSTORE16(z, fy);
+}
+
+WN_INLINE void FN(scalev_run)(T *y, const T *x, const CT *sc, int64_t n, int nt)
+{
+    int64_t i = 0;
+    if (nt) {
+        enum { B = WN_BUFBYTES / sizeof(T) };
+        T buf[B] __attribute__((aligned(64)));
+        for (; i < n && ((uintptr_t)(y + i) & 63); i++) y[i] = STF(LDF(x[i]) * sc[i]);
+        for (; i + B <= n; i += B) {
+            for (int j = 0; j < B; j += 16) FN(scalev16)(buf + j, x + i + j, sc + i + j);
+            STREAM(y + i, buf, sizeof buf);
+        }
+    }
+    for (; i + 16 <= n; i += 16) FN(scalev16)(y + i, x + i, sc + i);
+    for (; i < n; i++) y[i] = STF(LDF(x[i]) * sc[i]);
+}
+
+WN_INLINE void FN(bwdv_run)(T *z, const T *y, const T *x, const BT *a,
+                            const BT *b, int64_t n, int nt)
+{
+    int64_t i = 0;
+    if (nt) {
+        enum { B = WN_BUFBYTES / sizeof(T) };
+        T buf[B] __attribute__((aligned(64)));
+        for (; i < n && ((uintptr_t)(z + i) & 63); i++)
+            z[i] = STB(a[i] * LDB(y[i]) - b[i] * LDB(x[i]));
+        for (; i + B <= n; i += B) {
+            for (int j = 0; j < B; j += 16)
+                FN(bwdv16)(buf + j, y + i + j, x + i + j, a + i + j, b + i + j);
+            STREAM(z + i, buf, sizeof buf);
+        }
+    }
+    for (; i + 16 <= n; i += 16) FN(bwdv16)(z + i, y + i, x + i, a + i, b + i);
+    for (; i < n; i++) z[i] = STB(a[i] * LDB(y[i]) - b[i] * LDB(x[i]));
 }
 
 /* ---- row mode: pieces ------------------------------------------------- */
@@ -346,17 +399,6 @@ static void FN(bwd_rows)(const wn_layout *L, const T *v, const T *gw,
 
 /* ---- column mode ------------------------------------------------------- */
 
-/* Columns per block: keep the block's rows of v (and grad_w) in L2 between
- * the two passes; at least one 64-byte line of each row step. */
-WN_INLINE int64_t FN(col_block)(const wn_layout *L, int nin)
-{
-    const int64_t m = L->kept_shape[L->kept_ndim - 1];
-    int64_t cb = wn_col_budget / (L->rowlen * (int64_t)sizeof(T) * nin);
-    int64_t minc = 64 / (int64_t)sizeof(T);
-    cb = cb < minc ? minc : cb > WN_COLBLK ? WN_COLBLK : cb - cb % minc;
-    return cb > m ? m : cb;
-}
-
 WN_INLINE void FN(col_flush)(double *restrict acc, double *restrict sum,
                              double *restrict comp, int64_t nc)
 {
@@ -369,110 +411,176 @@ WN_INLINE void FN(col_flush)(double *restrict acc, double *restrict sum,
     }
 }
 
-static void FN(fwd_cols)(const wn_layout *L, const T *v, const T *g,
-                         int64_t gs, T *w, NT *norms, double eps, int nth)
+/* Superchunk totals of columns [r0, r0+nc) over superchunks [s0, s1):
+ * out[c] = Neumaier sum over s of (Neumaier sum over WN_COLCHUNK-step chunks
+ * of the plain per-column sums).  gw == NULL: sum of squares of v, else the
+ * dot product of v and gw.  Phases that split superchunks across threads
+ * combine the same per-superchunk values in the same order. */
+static void FN(col_total)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
+                          int64_t nc, int64_t s0, int64_t s1, const T *v,
+                          const T *gw, double *restrict out)
 {
-    const int K = L->kept_ndim;
-    const int64_t m = L->kept_shape[K - 1];
-    const int64_t cv = L->kept_stride[0][K - 1], cw = L->kept_stride[1][K - 1];
-    const int64_t cb = FN(col_block)(L, 1);
-    const int64_t nblk = (m + cb - 1) / cb, units = (L->nrows / m) * nblk;
+    const int K = L->kept_ndim, narr = gw ? 2 : 1;
+    const int64_t cv = L->kept_stride[0][K - 1];
+    const int64_t cg = gw ? L->kept_stride[1][K - 1] : 0;
+    double acc[WN_COLBLK], sum[WN_COLBLK], comp[WN_COLBLK];
+    wn_ksum tot[WN_COLBLK];
+    int64_t base[2];
+    wn_row_offsets(L, narr, r0, base);
+    for (int64_t c = 0; c < nc; c++) tot[c].sum = tot[c].comp = 0.0;
 
-#pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
-    for (int64_t u = 0; u < units; u++) {
-        const int64_t r0 = (u / nblk) * m + (u % nblk) * cb;
-        const int64_t nc = m - r0 % m < cb ? m - r0 % m : cb;
-        double acc[WN_COLBLK], sum[WN_COLBLK], comp[WN_COLBLK];
-        CT scale[WN_COLBLK];
-        int64_t base[2];
-        wn_row_offsets(L, 2, r0, base);
+    for (int64_t s = s0; s < s1; s++) {
+        const int64_t e0 = s * G->sc;
+        const int64_t e1 = e0 + G->sc < L->rowlen ? e0 + G->sc : L->rowlen;
         for (int64_t c = 0; c < nc; c++) acc[c] = sum[c] = comp[c] = 0.0;
-
         wn_redctr C;
-        wn_redctr_begin(2, &C);
-        for (int64_t e = 0, step = 0; e < L->rowlen; e++) {
+        wn_redctr_seek(L, narr, e0, &C);
+        for (int64_t e = e0; e < e1; e++) {
             const T *x = v + base[0] + C.off[0];
-            if (cv == 1)
-                for (int64_t c = 0; c < nc; c++) { double t = LDD(x[c]); acc[c] += t * t; }
-            else
-                for (int64_t c = 0; c < nc; c++) { double t = LDD(x[c * cv]); acc[c] += t * t; }
-            if (++step == WN_COLCHUNK || e + 1 == L->rowlen) {
-                FN(col_flush)(acc, sum, comp, nc);
-                step = 0;
+            if (!gw) {
+                if (cv == 1)
+                    for (int64_t c = 0; c < nc; c++) { double t = LDD(x[c]); acc[c] += t * t; }
+                else
+                    for (int64_t c = 0; c < nc; c++) { double t = LDD(x[c * cv]); acc[c] += t * t; }
+            } else {
+                const T *y = gw + base[1] + C.off[1];
+                if (cv == 1 && cg == 1)
+                    for (int64_t c = 0; c < nc; c++) acc[c] += LDD(x[c]) * LDD(y[c]);
+                else
+                    for (int64_t c = 0; c < nc; c++) acc[c] += LDD(x[c * cv]) * LDD(y[c * cg]);
             }
-            wn_redctr_next(L, 2, &C);
+            if ((e + 1) % WN_COLCHUNK == 0 || e + 1 == e1)
+                FN(col_flush)(acc, sum, comp, nc);
+            wn_redctr_next(L, narr, &C);
         }
         for (int64_t c = 0; c < nc; c++) {
             wn_ksum k = {sum[c], comp[c]};
-            scale[c] = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
-                                           g[(r0 + c) * gs], &norms[r0 + c]);
+            wn_ksum_add(&tot[c], wn_ksum_value(&k));
         }
-        wn_redctr_begin(2, &C);
-        for (int64_t e = 0; e < L->rowlen; e++) {
-            const T *x = v + base[0] + C.off[0];
+    }
+    for (int64_t c = 0; c < nc; c++) out[c] = wn_ksum_value(&tot[c]);
+}
+
+/* Second pass over superchunks [s0, s1) of columns [r0, r0+nc): forward
+ * (gv == NULL) w = v * scale[c]; backward gv = a[c] * gw - b[c] * v. */
+static void FN(col_apply)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
+                          int64_t nc, int64_t s0, int64_t s1, const T *v,
+                          T *w, const CT *scale, const T *gw, T *gv,
+                          const BT *ca, const BT *cb, int nt)
+{
+    const int K = L->kept_ndim, narr = gv ? 3 : 2;
+    const int64_t cv = L->kept_stride[0][K - 1], c1 = L->kept_stride[1][K - 1];
+    const int64_t c2 = gv ? L->kept_stride[2][K - 1] : 0;
+    int64_t base[3];
+    wn_row_offsets(L, narr, r0, base);
+    const int64_t e0 = s0 * G->sc;
+    const int64_t e1 = s1 * G->sc < L->rowlen ? s1 * G->sc : L->rowlen;
+    wn_redctr C;
+    wn_redctr_seek(L, narr, e0, &C);
+    for (int64_t e = e0; e < e1; e++) {
+        const T *x = v + base[0] + C.off[0];
+        if (!gv) {
             T *y = w + base[1] + C.off[1];
-            if (cv == 1 && cw == 1)
-                for (int64_t c = 0; c < nc; c++) y[c] = STF(LDF(x[c]) * scale[c]);
+            if (cv == 1 && c1 == 1)
+                FN(scalev_run)(y, x, scale, nc, nt);
             else
-                for (int64_t c = 0; c < nc; c++) y[c * cw] = STF(LDF(x[c * cv]) * scale[c]);
-            wn_redctr_next(L, 2, &C);
+                for (int64_t c = 0; c < nc; c++) y[c * c1] = STF(LDF(x[c * cv]) * scale[c]);
+        } else {
+            const T *y = gw + base[1] + C.off[1];
+            T *z = gv + base[2] + C.off[2];
+            if (cv == 1 && c1 == 1 && c2 == 1)
+                FN(bwdv_run)(z, y, x, ca, cb, nc, nt);
+            else
+                for (int64_t c = 0; c < nc; c++)
+                    z[c * c2] = STB(ca[c] * LDB(y[c * c1]) - cb[c] * LDB(x[c * cv]));
         }
+        wn_redctr_next(L, narr, &C);
     }
 }
 
-static void FN(bwd_cols)(const wn_layout *L, const T *v, const T *gw,
-                         const T *g, int64_t gs, const NT *norms, int64_t ns,
-                         T *gv, T *grad_g, int nth)
+/* Column strategy.  Few superchunks (short reduced extent): each thread
+ * takes whole column blocks and runs both passes while the block is in L2.
+ * Many superchunks with several threads: (1) all threads sum superchunks of
+ * the blocks into `part`, (2) per-column totals and scalars, (3) the second
+ * pass, walked backwards so its first reads hit what (1) left in cache.
+ * Both routes compute the same per-superchunk values and combine them in
+ * the same order. */
+static void FN(cols)(const wn_layout *L, const T *v, const T *gw, const T *g,
+                     int64_t gs, double eps, T *w, void *norms_out,
+                     const NT *norms_in, int64_t ns, T *gv, T *grad_g, int nth,
+                     int nt)
 {
-    const int K = L->kept_ndim;
-    const int64_t m = L->kept_shape[K - 1];
-    const int64_t cv = L->kept_stride[0][K - 1], cgw = L->kept_stride[1][K - 1],
-                  cgv = L->kept_stride[2][K - 1];
-    const int64_t cb = FN(col_block)(L, 2);
-    const int64_t nblk = (m + cb - 1) / cb, units = (L->nrows / m) * nblk;
-
-#pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
-    for (int64_t u = 0; u < units; u++) {
-        const int64_t r0 = (u / nblk) * m + (u % nblk) * cb;
-        const int64_t nc = m - r0 % m < cb ? m - r0 % m : cb;
-        double acc[WN_COLBLK], sum[WN_COLBLK], comp[WN_COLBLK];
-        BT ca[WN_COLBLK], cbb[WN_COLBLK];
-        int64_t base[3];
-        wn_row_offsets(L, 3, r0, base);
-        for (int64_t c = 0; c < nc; c++) acc[c] = sum[c] = comp[c] = 0.0;
-
-        wn_redctr C;
-        wn_redctr_begin(3, &C);
-        for (int64_t e = 0, step = 0; e < L->rowlen; e++) {
-            const T *x = v + base[0] + C.off[0], *y = gw + base[1] + C.off[1];
-            if (cv == 1 && cgw == 1)
-                for (int64_t c = 0; c < nc; c++) acc[c] += LDD(x[c]) * LDD(y[c]);
-            else
-                for (int64_t c = 0; c < nc; c++) acc[c] += LDD(x[c * cv]) * LDD(y[c * cgw]);
-            if (++step == WN_COLCHUNK || e + 1 == L->rowlen) {
-                FN(col_flush)(acc, sum, comp, nc);
-                step = 0;
-            }
-            wn_redctr_next(L, 3, &C);
-        }
-        for (int64_t c = 0; c < nc; c++) {
-            wn_ksum k = {sum[c], comp[c]};
-            FN(bwd_row_scalars)(wn_ksum_value(&k), norms[(r0 + c) * ns],
-                                g[(r0 + c) * gs], &grad_g[r0 + c], &ca[c], &cbb[c]);
-        }
-        wn_redctr_begin(3, &C);
-        for (int64_t e = 0; e < L->rowlen; e++) {
-            const T *x = v + base[0] + C.off[0], *y = gw + base[1] + C.off[1];
-            T *z = gv + base[2] + C.off[2];
-            if (cv == 1 && cgw == 1 && cgv == 1)
-                for (int64_t c = 0; c < nc; c++)
-                    z[c] = STB(ca[c] * LDB(y[c]) - cbb[c] * LDB(x[c]));
-            else
-                for (int64_t c = 0; c < nc; c++)
-                    z[c * cgv] = STB(ca[c] * LDB(y[c * cgw]) - cbb[c] * LDB(x[c * cv]));
-            wn_redctr_next(L, 3, &C);
-        }
+    const int bwd = gw != NULL;
+    const wn_colgeom G = wn_colgeom_make(L, sizeof(T), bwd ? 2 : 1,
+                                         wn_col_budget, WN_COLBLK);
+    const int64_t units = G.nouter * G.nblk;
+    double *part = NULL;
+    void *scal = NULL;
+    if (G.nsc > 1 && nth > 1) {
+        part = malloc(sizeof(double) * G.nsc * L->nrows);
+        scal = malloc((bwd ? 2 * sizeof(BT) : sizeof(CT)) * L->nrows);
+        if (!part || !scal) { free(part); free(scal); part = NULL; scal = NULL; }
     }
+
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        if (!part) {
+#pragma omp for schedule(static)
+            for (int64_t u = 0; u < units; u++) {
+                const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
+                const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
+                double tot[WN_COLBLK];
+                CT scale[WN_COLBLK];
+                BT ca[WN_COLBLK], cb[WN_COLBLK];
+                FN(col_total)(L, &G, r0, nc, 0, G.nsc, v, gw, tot);
+                for (int64_t c = 0; c < nc; c++) {
+                    const int64_t r = r0 + c;
+                    if (bwd)
+                        FN(bwd_row_scalars)(tot[c], norms_in[r * ns], g[r * gs],
+                                            &grad_g[r], &ca[c], &cb[c]);
+                    else
+                        scale[c] = FN(fwd_row_scalars)(tot[c], eps, g[r * gs],
+                                                       (NT *)norms_out + r);
+                }
+                FN(col_apply)(L, &G, r0, nc, 0, G.nsc, v, w, scale, gw, gv, ca, cb, nt);
+            }
+        } else {
+            const int64_t nitems = units * G.nsc;
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < nitems; i++) {
+                const int64_t u = i / G.nsc, s = i % G.nsc;
+                const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
+                const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
+                double tot[WN_COLBLK];
+                FN(col_total)(L, &G, r0, nc, s, s + 1, v, gw, tot);
+                for (int64_t c = 0; c < nc; c++) part[s * L->nrows + r0 + c] = tot[c];
+            }
+            CT *scale = (CT *)scal;
+            BT *ca = (BT *)scal, *cb = (BT *)scal + L->nrows;
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < L->nrows; r++) {
+                wn_ksum k = {0.0, 0.0};
+                for (int64_t s = 0; s < G.nsc; s++) wn_ksum_add(&k, part[s * L->nrows + r]);
+                if (bwd)
+                    FN(bwd_row_scalars)(wn_ksum_value(&k), norms_in[r * ns],
+                                        g[r * gs], &grad_g[r], &ca[r], &cb[r]);
+                else
+                    scale[r] = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
+                                                   g[r * gs], (NT *)norms_out + r);
+            }
+#pragma omp for schedule(static)
+            for (int64_t i = nitems - 1; i >= 0; i--) {
+                const int64_t u = i / G.nsc, s = i % G.nsc;
+                const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
+                const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
+                FN(col_apply)(L, &G, r0, nc, s, s + 1, v, w, scale + r0, gw, gv,
+                              ca + r0, cb + r0, nt);
+            }
+        }
+        if (nt) wn_sfence();
+    }
+    free(part);
+    free(scal);
 }
 
 /* ---- entry points for this (ISA, dtype) -------------------------------- */
@@ -482,8 +590,8 @@ static void FN(forward)(const wn_layout *L, const void *v, const void *g,
                         int nt)
 {
     if (wn_use_columns(L))
-        FN(fwd_cols)(L, (const T *)v, (const T *)g, gs, (T *)w, (NT *)norms,
-                     eps, nth);
+        FN(cols)(L, (const T *)v, NULL, (const T *)g, gs, eps, (T *)w, norms,
+                 NULL, 0, NULL, NULL, nth, nt);
     else
         FN(fwd_rows)(L, (const T *)v, (const T *)g, gs, (T *)w, (NT *)norms,
                      eps, nth, nt);
@@ -494,8 +602,8 @@ static void FN(backward)(const wn_layout *L, const void *gw, const void *v,
                          int64_t ns, void *gv, void *grad_g, int nth, int nt)
 {
     if (wn_use_columns(L))
-        FN(bwd_cols)(L, (const T *)v, (const T *)gw, (const T *)g, gs,
-                     (const NT *)norms, ns, (T *)gv, (T *)grad_g, nth);
+        FN(cols)(L, (const T *)v, (const T *)gw, (const T *)g, gs, 0.0, NULL,
+                 NULL, (const NT *)norms, ns, (T *)gv, (T *)grad_g, nth, nt);
     else
         FN(bwd_rows)(L, (const T *)v, (const T *)gw, (const T *)g, gs,
                      (const NT *)norms, ns, (T *)gv, (T *)grad_g, nth, nt);
