@@ -1,0 +1,42 @@
+"""Shared pytest configuration for the wnkernels test suite.
+
+* Warnings are errors (a RuntimeWarning from a stray 0/0 in a front end is a bug).
+* Every test leaves the thread count as it found it.
+* ``slow`` marks the few tests that take seconds (they still run by default;
+  deselect with ``-m "not slow"``).
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # `import zoo` from the tests
+
+
+def pytest_configure(config):
+    config.addinivalue_line("filterwarnings", "error")
+    config.addinivalue_line("markers", "slow: takes seconds; deselect with -m 'not slow'")
+
+
+@pytest.fixture(autouse=True)
+def _restore_num_threads():
+    """Undo any set_num_threads a test makes."""
+    wnkernels = sys.modules.get("wnkernels")
+    before = wnkernels.get_num_threads() if hasattr(wnkernels, "get_num_threads") else None
+    yield
+    if before is not None:
+        wnkernels.set_num_threads(before)
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's name: reproducible, different per test."""
+    seed = [ord(c) for c in request.node.nodeid]
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch")
