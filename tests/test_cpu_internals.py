@@ -1,0 +1,139 @@
+"""CPU-backend properties beyond the public math: every instruction-set
+variant and every tuning knob gives the same bits, and reused output buffers
+are never handed out while a result still uses them."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import wnkernels
+from wnkernels import _cpu
+
+# Shapes that reach every strategy: many rows, few long rows (rows split
+# across threads), short segments, column mode with one and many
+# superchunks, tuple dims, strided input.
+CASES = [
+    ((257, 33), 0), ((3, 40001), 0), ((33, 7, 5), 1), ((300, 37), 1),
+    ((3000, 11), 1), ((9, 6, 5, 4), (0, 2)), ((17, 19), None),
+]
+DTYPES = ["float16", "float32", "float64", "bfloat16"]
+
+_DIGEST = r"""
+import hashlib, json, sys
+import numpy as np, wnkernels
+cases = json.loads(sys.argv[1])
+h = hashlib.sha256()
+for shape, dim, dtype in cases:
+    dim = tuple(dim) if isinstance(dim, list) else dim
+    rng = np.random.default_rng(len(shape) * 1000 + sum(shape))
+    if dtype == "bfloat16":
+        import ml_dtypes
+        npdt = ml_dtypes.bfloat16
+    else:
+        npdt = np.dtype(dtype)
+    v = rng.standard_normal(shape).astype(npdt)
+    v = v[..., ::-1] if v.ndim > 1 else v
+    kept = () if dim is None else (dim if isinstance(dim, tuple) else (dim,))
+    kept = tuple(k % len(shape) for k in kept)
+    g = rng.standard_normal([n if i in kept else 1 for i, n in enumerate(shape)]).astype(npdt)
+    gw = rng.standard_normal(shape).astype(npdt)
+    w, n = wnkernels.weight_norm(v, g, dim, eps=1e-3)
+    gv, gg = wnkernels.weight_norm_backward(gw, v, g, n, dim)
+    for a in (w, n, gv, gg):
+        h.update(np.ascontiguousarray(a).view(np.uint8).tobytes())
+print(h.hexdigest())
+"""
+
+
+def _digest(env_extra):
+    cases = [[list(s), list(d) if isinstance(d, tuple) else d, dt]
+             for s, d in CASES for dt in DTYPES]
+    env = dict(os.environ, **env_extra)
+    out = subprocess.run([sys.executable, "-c", _DIGEST, json.dumps(cases)],
+                         env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_isa_variants_agree_bitwise():
+    """AVX-512, AVX2 and baseline builds sum in the same lanes and order."""
+    best = _cpu.isa()
+    variants = {"avx512": ["avx512", "avx2", "baseline"],
+                "avx2": ["avx2", "baseline"]}.get(best, ["baseline"])
+    if len(variants) < 2:
+        pytest.skip(f"this CPU runs only the {best} variant")
+    digests = {isa: _digest({"WNKERNELS_ISA": isa}) for isa in variants}
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_forced_isa_is_reported():
+    out = subprocess.run(
+        [sys.executable, "-c", "from wnkernels import _cpu; print(_cpu.isa())"],
+        env=dict(os.environ, WNKERNELS_ISA="baseline"), capture_output=True,
+        text=True, check=True)
+    assert out.stdout.strip() == "baseline"
+
+
+def _run_all():
+    rng = np.random.default_rng(7)
+    res = []
+    for shape, dim in CASES:
+        v = rng.standard_normal(shape).astype(np.float32)
+        kept = () if dim is None else (dim if isinstance(dim, tuple) else (dim,))
+        g = rng.standard_normal([n if i in kept else 1
+                                 for i, n in enumerate(shape)]).astype(np.float32)
+        gw = rng.standard_normal(shape).astype(np.float32)
+        w, n = wnkernels.weight_norm(v, g, dim)
+        res += [w.copy(), n.copy(), *[a.copy() for a in
+                wnkernels.weight_norm_backward(gw, v, g, n, dim)]]
+    return res
+
+
+@pytest.mark.parametrize("knob,values", [
+    ("stream_threshold", [0, 1 << 40]),       # streaming stores on / off
+    ("col_budget", [1, 64 << 10, 1 << 30]),   # column block sizes
+])
+def test_tuning_knobs_do_not_change_bits(knob, values):
+    get, set_ = getattr(_cpu, "get_" + knob), getattr(_cpu, "set_" + knob)
+    before = get()
+    try:
+        results = []
+        for value in values:
+            set_(value)
+            results.append(_run_all())
+    finally:
+        set_(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_reused_buffers_never_alias_live_results():
+    v = np.random.default_rng(1).standard_normal((1024, 512)).astype(np.float32)
+    g = np.ones((1024, 1), np.float32)
+    w1, _ = wnkernels.weight_norm(v, g)
+    keep = w1[::2]                       # a view keeps the buffer in use
+    expect = keep.copy()
+    del w1
+    w2, _ = wnkernels.weight_norm(v * 3, g * 2)
+    assert not np.shares_memory(keep, w2)
+    np.testing.assert_array_equal(keep, expect)
+    addr = w2.__array_interface__["data"][0]
+    del w2
+    w3, _ = wnkernels.weight_norm(v, g)   # w2's buffer is free again: reused
+    assert w3.__array_interface__["data"][0] == addr
+    wnkernels.empty_cache()
+
+
+def test_reused_buffers_behind_torch_tensors():
+    torch = pytest.importorskip("torch")
+    v = torch.randn(1024, 512)
+    g = torch.ones(1024, 1)
+    a, _ = wnkernels.weight_norm(v, g)
+    b, _ = wnkernels.weight_norm(v * 2, g)
+    assert a.data_ptr() != b.data_ptr()
+    torch.testing.assert_close(a * 2, wnkernels.weight_norm(v, g * 2)[0])
