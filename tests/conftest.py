@@ -15,9 +15,26 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # `import zoo` from the tests
 
 
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
+
+
 def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "error")
     config.addinivalue_line("markers", "slow: takes seconds; deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "simulator: runs in-process under NUMBA_ENABLE_CUDASIM=1")
+    config.addinivalue_line("markers", "simulator_wrapper: runs the simulator tests in a subprocess")
+
+
+def pytest_collection_modifyitems(config, items):
+    """CUDA-simulator tests need the simulator switched on before numba.cuda
+    is imported: in a plain run they execute inside test_simulator_suite's
+    subprocess, so they are deselected here (not skipped); under the
+    simulator the wrapper is deselected instead."""
+    drop = "simulator_wrapper" if SIMULATOR else "simulator"
+    keep = [it for it in items if it.get_closest_marker(drop) is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[it for it in items if it not in keep])
+        items[:] = keep
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,166 @@
+"""Every real CUDA kernel specialization compiles to PTX for sm_80 and sm_90.
+
+No GPU is needed: ``numba.cuda.compile_ptx`` runs NVVM (numba-cuda[cu13] ships
+it).  The compiles run in subprocesses with ``NUMBA_ENABLE_CUDASIM`` removed from
+the environment (the simulator has no compiler), one per compute capability, in
+parallel; this module itself never imports numba.  Run this file as a script
+(``python tests/test_cuda_ptx.py 9.0``) to see the raw per-kernel summary.
+
+Checked for each (kind, dtype, reduction form, dims):
+
+* PTX for the requested target, one ``.entry``, no local memory (no spills,
+  no stack-allocated tuples);
+* the kernel's parameter list, type by type, is exactly what the fast launch
+  path (``wnkernels.cuda._launch._flat``) passes -- so flat-argument launches
+  through ``cuda.core`` agree with numba's own argument marshalling;
+* shuffle variants use ``shfl.sync.bfly`` and shared-memory variants none.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CCS = ("8.0", "9.0")
+BLOCK = 256
+
+
+def _variants(cc):
+    """(kind, dtype, shuffle, sub, nk, nr) to compile for one compute capability."""
+    from wnkernels.cuda import _kernels as K
+    out = []
+    for kind in K.KINDS:
+        sub = 16 if "group" in kind else 32 if "cols" in kind else 0
+        for dtype in K.DTYPES:
+            for shuffle in ((False,) if kind == "copy" else (True, False)):
+                out.append((kind, dtype, shuffle, sub, 1, 1))
+            if kind != "copy":
+                out.append((kind, dtype, True, sub, 2, 3))   # several kept / reduced dims
+    if cc == "9.0":
+        for g in (8, 32):
+            for kind in ("fwd_group", "bwd_group"):
+                out.append((kind, "float32", True, g, 1, 1))
+    return out
+
+
+def _expected_params(kind, dtype, nk, nr):
+    """PTX parameter types the fast launch path passes for this signature."""
+    import ctypes
+    import numpy as np
+    from numba.cuda import types
+    from wnkernels.cuda import _kernels as K, _launch as L
+    args = []
+    for t in K.signature(kind, dtype, nk, nr):
+        if isinstance(t, types.Array):
+            args.append(L._Arr(0, 1, np.dtype(str(t.dtype)).type, None))
+        elif isinstance(t, types.BaseTuple):
+            args.append((0,) * len(t))
+        elif t == types.float64:
+            args.append(0.0)
+        else:
+            args.append(0)
+    return ["f64" if isinstance(a, ctypes.c_double) else "u64" for a in L._flat(args)]
+
+
+def main(cc: str) -> int:
+    os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
+    import time
+    from wnkernels.cuda._numba import cuda, SIM
+    from wnkernels.cuda import _kernels as K
+    assert not SIM
+    major, minor = (int(x) for x in cc.split("."))
+    results = []
+    t0 = time.perf_counter()
+    for kind, dtype, shuffle, sub, nk, nr in _variants(cc):
+        fn = K.make_kernel(kind, dtype, BLOCK, shuffle, sub)
+        try:
+            ptx, _ = cuda.compile_ptx(fn, K.signature(kind, dtype, nk, nr),
+                                      cc=(major, minor))
+        except Exception as e:  # reported per kernel, judged by the test
+            results.append(dict(kind=kind, dtype=dtype, shuffle=shuffle, sub=sub,
+                                nk=nk, nr=nr, error=f"{type(e).__name__}: {e}"[:2000]))
+            continue
+        entries = re.findall(r"\.entry\s+(\S+)\(", ptx)
+        params = re.findall(r"\.param\s+\.(\w+)\s", ptx)
+        results.append(dict(
+            kind=kind, dtype=dtype, shuffle=shuffle, sub=sub, nk=nk, nr=nr,
+            target=(re.search(r"\.target\s+(\w+)", ptx) or [None, None])[1],
+            entries=len(entries), params=params,
+            expected=_expected_params(kind, dtype, nk, nr),
+            local=".local" in ptx or "__local_depot" in ptx,
+            shfl=ptx.count("shfl.sync.bfly"), error=None))
+    json.dump({"cc": cc, "seconds": time.perf_counter() - t0, "results": results},
+              sys.stdout)
+    return 0
+
+
+# ---------------------------------------------------------------- the tests
+
+def _compile_all(cc):
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), cc], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=900)
+    return r
+
+
+@pytest.fixture(scope="module")
+def ptx_results():
+    if importlib.util.find_spec("numba_cuda") is None:
+        pytest.skip("numba-cuda is not installed (pip install 'numba-cuda[cu13]')")
+    with concurrent.futures.ThreadPoolExecutor(len(CCS)) as pool:
+        runs = dict(zip(CCS, pool.map(_compile_all, CCS)))
+    out = {}
+    for cc, r in runs.items():
+        assert r.returncode == 0, f"cc {cc}:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+        data = json.loads(r.stdout)
+        errs = [x["error"] for x in data["results"] if x["error"]]
+        if errs and all(("NVRTC" in e or "NVVM" in e or "libnvvm" in e) and
+                        "not found" in e.lower() for e in errs):
+            pytest.skip(f"no NVVM/NVRTC available to compile PTX: {errs[0][:300]}")
+        out[cc] = data
+    return out
+
+
+@pytest.mark.parametrize("cc", CCS)
+def test_every_specialization_compiles(ptx_results, cc):
+    data = ptx_results[cc]
+    bad = [f"{x['kind']}/{x['dtype']}/shuffle={x['shuffle']}/nk={x['nk']},nr={x['nr']}: "
+           f"{x['error']}" for x in data["results"] if x["error"]]
+    assert not bad, "\n".join(bad)
+    want = "sm_" + cc.replace(".", "")
+    for x in data["results"]:
+        name = f"{x['kind']}/{x['dtype']}/shuffle={x['shuffle']}/{x['nk']},{x['nr']}"
+        assert x["target"] == want, name
+        assert x["entries"] == 1, name
+        assert not x["local"], f"{name}: uses local memory"
+
+
+@pytest.mark.parametrize("cc", CCS)
+def test_flat_launch_arguments_match_the_kernel_abi(ptx_results, cc):
+    for x in ptx_results[cc]["results"]:
+        assert x["params"] == x["expected"], (
+            f"{x['kind']}/{x['dtype']}/{x['nk']},{x['nr']}: kernel params "
+            f"{x['params']} but the fast path passes {x['expected']}")
+
+
+@pytest.mark.parametrize("cc", CCS)
+def test_reduction_forms(ptx_results, cc):
+    for x in ptx_results[cc]["results"]:
+        reduces = x["kind"].endswith(("block", "group", "part"))
+        if x["shuffle"] and reduces:
+            assert x["shfl"] > 0, f"{x['kind']}/{x['dtype']}: no warp shuffle"
+        if not x["shuffle"]:
+            assert x["shfl"] == 0, f"{x['kind']}/{x['dtype']}: unexpected shuffle"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "9.0"))
