@@ -140,6 +140,18 @@ WN_INLINE wn_rowgeom wn_rowgeom_make(const wn_layout *L)
     return G;
 }
 
+/* Rows that are one contiguous piece each, at one row stride per array:
+ * the short-row fast path (same arithmetic, no layout walking).  The piece
+ * total of the general path added to an empty Neumaier sum is the piece
+ * total itself, so both paths give the same bits. */
+WN_INLINE int wn_simple_rows(const wn_layout *L, int narr, const wn_rowgeom *G)
+{
+    if (L->kept_ndim > 1 || L->red_ndim != 1 || G->npieces != 1) return 0;
+    for (int a = 0; a < narr; a++)
+        if (L->red_stride[a][0] != 1) return 0;
+    return 1;
+}
+
 /* Iterator over the segments of one piece. */
 typedef struct {
     int64_t idx[WN_MAXDIM];

@@ -303,10 +303,26 @@ static void FN(fwd_rows)(const wn_layout *L, const T *v, const T *g,
     int split = L->nrows < 2 * (int64_t)nth && G.npieces >= 2;
     double *part = split ? malloc(sizeof(double) * L->nrows * G.npieces) : NULL;
     if (!part) split = 0;
+    const int simple = wn_simple_rows(L, 2, &G);
 
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
-        if (!split) {
+        if (simple) {
+            /* One contiguous piece per row at a fixed row stride: the same
+             * arithmetic as below without the layout walking (short rows
+             * would otherwise spend more time there than on data). */
+            const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
+            const int64_t sw = L->kept_ndim ? L->kept_stride[1][0] : 0;
+            const int64_t n = L->rowlen;
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < L->nrows; r++) {
+                double acc[WN_LANES] = {0};
+                FN(lane_sumsq)(acc, v + r * sv, n, 1);
+                CT scale = FN(fwd_row_scalars)(wn_lanes_total(acc), eps,
+                                               g[r * gs], &norms[r]);
+                FN(scale_run)(w + r * sw, 1, v + r * sv, 1, n, scale, nt);
+            }
+        } else if (!split) {
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < L->nrows; r++) {
                 int64_t ro[2];
@@ -353,10 +369,26 @@ static void FN(bwd_rows)(const wn_layout *L, const T *v, const T *gw,
     int split = L->nrows < 2 * (int64_t)nth && G.npieces >= 2;
     double *part = split ? malloc(sizeof(double) * L->nrows * G.npieces) : NULL;
     if (!part) split = 0;
+    const int simple = wn_simple_rows(L, 3, &G);
 
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
-        if (!split) {
+        if (simple) {
+            const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
+            const int64_t sgw = L->kept_ndim ? L->kept_stride[1][0] : 0;
+            const int64_t sgv = L->kept_ndim ? L->kept_stride[2][0] : 0;
+            const int64_t n = L->rowlen;
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < L->nrows; r++) {
+                double acc[WN_LANES] = {0};
+                FN(lane_dot)(acc, v + r * sv, 1, gw + r * sgw, 1, n);
+                BT a, b;
+                FN(bwd_row_scalars)(wn_lanes_total(acc), norms[r * ns],
+                                    g[r * gs], &grad_g[r], &a, &b);
+                FN(bwd_run)(gv + r * sgv, 1, gw + r * sgw, 1, v + r * sv, 1, n,
+                            a, b, nt);
+            }
+        } else if (!split) {
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < L->nrows; r++) {
                 int64_t ro[3];

@@ -137,3 +137,34 @@ def test_reused_buffers_behind_torch_tensors():
     b, _ = wnkernels.weight_norm(v * 2, g)
     assert a.data_ptr() != b.data_ptr()
     torch.testing.assert_close(a * 2, wnkernels.weight_norm(v, g * 2)[0])
+
+
+def test_fast_path_matches_and_still_validates():
+    """A remembered call shape (wnkernels._cpu fast path) gives the validating
+    path's bits and rejects what the front end rejects."""
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal((33, 17)).astype(np.float32)
+    g = rng.standard_normal((33, 1)).astype(np.float32)
+    gw = rng.standard_normal((33, 17)).astype(np.float32)
+    _cpu.forget_plans()
+    w0, n0 = wnkernels.weight_norm(v, g, 0)          # validating path, remembered
+    gv0, gg0 = wnkernels.weight_norm_backward(gw, v, g, n0, 0)
+    w1, n1 = wnkernels.weight_norm(v, g, 0)          # fast path
+    gv1, gg1 = wnkernels.weight_norm_backward(gw, v, g, n1, 0)
+    for a, b in [(w0, w1), (n0, n1), (gv0, gv1), (gg0, gg1)]:
+        assert a.tobytes() == b.tobytes()
+    with pytest.raises(ValueError, match="eps"):
+        wnkernels.weight_norm(v, g, 0, eps=-1.0)
+    with pytest.raises(ValueError, match="eps"):
+        wnkernels.weight_norm(v, g, 0, eps=float("nan"))
+    with pytest.raises(TypeError):
+        wnkernels.weight_norm(v, g, False)           # hashes like dim=0
+    with pytest.raises(TypeError):
+        wnkernels.weight_norm_backward(gw, v, g, n0, False)
+    # same shape and strides, but misaligned data: handled by the front end
+    buf = np.empty(v.size * 4 + 4, np.uint8)[1:1 + v.size * 4]
+    mis = np.ndarray(v.shape, np.float32, buffer=buf)
+    mis[...] = v
+    assert not mis.flags.aligned
+    w2, n2 = wnkernels.weight_norm(mis, g, 0)
+    assert w2.tobytes() == w0.tobytes() and n2.tobytes() == n0.tobytes()

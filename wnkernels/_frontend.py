@@ -17,8 +17,12 @@ from math import isfinite
 
 import numpy as np
 
+from . import _cpu as _cpu_ext
 from ._arrays import FLOAT_DTYPES, ArrayInfo
 from ._layout import make_layout, normalize_dim
+
+_fast_forward = _cpu_ext.fast_forward
+_fast_backward = _cpu_ext.fast_backward
 
 __all__ = ["weight_norm", "weight_norm_backward", "set_num_threads",
            "get_num_threads", "empty_cache"]
@@ -57,17 +61,8 @@ def get_num_threads() -> int:
 
 # ------------------------------------------------------------- array intake
 
-_cpu_mod = None
 _cuda_mod = None
 _ml_bf16 = None
-
-
-def _cpu():
-    global _cpu_mod
-    if _cpu_mod is None:
-        from . import _cpu as mod
-        _cpu_mod = mod
-    return _cpu_mod
 
 
 def _cuda():
@@ -310,6 +305,7 @@ class _BufferPool:
 
 
 _pool = _BufferPool()
+_cpu_ext.set_pool(_pool.get, _BufferPool.MIN_BYTES)
 
 
 def empty_cache() -> None:
@@ -410,6 +406,30 @@ def weight_norm(v, g, dim=0, *, eps=0.0, out=None):
     (w, norms): w like v; norms in g's shape, float32 for half types.
     Same kind of array as the inputs, on the same device.
     """
+    if out is None:
+        res = _fast_forward(v, g, dim, eps, _threads)
+        if res is not None:
+            return res
+    return _weight_norm(v, g, dim, eps, out)
+
+
+def weight_norm_backward(grad_w, v, g, norms, dim=0):
+    """Gradients of `weight_norm` with respect to v and g.
+
+    ``grad_g = sum(grad_w * v) / norm`` and
+    ``grad_v = (g / norm) * grad_w - (g * grad_g / norm**2) * v``, using
+    ``norms`` exactly as `weight_norm` returned them (never recomputed).
+
+    Returns (grad_v, grad_g): grad_v like v, grad_g in g's shape and dtype.
+    """
+    res = _fast_backward(grad_w, v, g, norms, dim, _threads)
+    if res is not None:
+        return res
+    return _weight_norm_backward(grad_w, v, g, norms, dim)
+
+
+def _weight_norm(v, g, dim, eps, out):
+    """The validating path of `weight_norm` (any array kind, any call)."""
     eps = _check_eps(eps)
     infos = {"v": _info("v", v), "g": _info("g", g)}
     if out is not None:
@@ -433,6 +453,7 @@ def weight_norm(v, g, dim=0, *, eps=0.0, out=None):
                              f"(out strides {oi.strides}, v strides {vi.strides})")
         if _overlaps(oi, gi):
             raise ValueError("out: overlaps g")
+    g_copied = _row_stride(gi) is None
     gi, g_stride = _per_row(gi)
 
     norm_dtype = FLOAT_DTYPES[dtype]
@@ -448,20 +469,21 @@ def weight_norm(v, g, dim=0, *, eps=0.0, out=None):
             _cuda().forward(layout, _shift(vi, layout, 0), gi, g_stride,
                             _shift(oi, layout, 1), ni, eps)
         else:
-            _cpu().forward(_CODES[dtype], layout, _ptr(vi, layout, 0), gi.ptr,
+            _cpu_ext.forward(_CODES[dtype], layout, _ptr(vi, layout, 0), gi.ptr,
                            g_stride, _ptr(oi, layout, 1), ni.ptr, eps, _threads)
+    if out is None and not g_copied and _fast_path_ok(dim, v, g):
+        order = _axis_order(vi.strides)
+        _cpu_ext.remember_forward(
+            (v.dtype, v.shape, v.strides, g.dtype, g.shape, g.strides, dim),
+            layout, _CODES[dtype], g_stride,
+            [vi.shape[i] for i in order] if order else vi.shape,
+            np.argsort(order).tolist() if order else None, v.dtype,
+            norms.shape, norms.dtype)
     return w, norms
 
 
-def weight_norm_backward(grad_w, v, g, norms, dim=0):
-    """Gradients of `weight_norm` with respect to v and g.
-
-    ``grad_g = sum(grad_w * v) / norm`` and
-    ``grad_v = (g / norm) * grad_w - (g * grad_g / norm**2) * v``, using
-    ``norms`` exactly as `weight_norm` returned them (never recomputed).
-
-    Returns (grad_v, grad_g): grad_v like v, grad_g in g's shape and dtype.
-    """
+def _weight_norm_backward(grad_w, v, g, norms, dim):
+    """The validating path of `weight_norm_backward`."""
     infos = {"grad_w": _info("grad_w", grad_w), "v": _info("v", v),
              "g": _info("g", g), "norms": _info("norms", norms)}
     _check_family(infos)
@@ -474,6 +496,7 @@ def weight_norm_backward(grad_w, v, g, norms, dim=0):
         raise ValueError(f"grad_w: expected shape {vi.shape} (v's), got {gwi.shape}")
     _check_g_shape("g", gi, vi.shape, kept, dim)
     _check_g_shape("norms", ni, vi.shape, kept, dim)
+    copied = _row_stride(gi) is None or _row_stride(ni) is None
     gi, g_stride = _per_row(gi)
     ni, n_stride = _per_row(ni)
 
@@ -487,13 +510,33 @@ def weight_norm_backward(grad_w, v, g, norms, dim=0):
                              gi, g_stride, ni, n_stride, _shift(gvi, layout, 2),
                              ggi)
         else:
-            _cpu().backward(_CODES[dtype], layout, _ptr(gwi, layout, 1),
+            _cpu_ext.backward(_CODES[dtype], layout, _ptr(gwi, layout, 1),
                             _ptr(vi, layout, 0), gi.ptr, g_stride, ni.ptr,
                             n_stride, _ptr(gvi, layout, 2), ggi.ptr, _threads)
+    if not copied and _fast_path_ok(dim, grad_w, v, g, norms):
+        order = _axis_order(vi.strides)
+        _cpu_ext.remember_backward(
+            (grad_w.dtype, grad_w.shape, grad_w.strides, v.dtype, v.shape,
+             v.strides, g.dtype, g.shape, g.strides, norms.dtype, norms.shape,
+             norms.strides, dim),
+            layout, _CODES[dtype], g_stride, n_stride,
+            [vi.shape[i] for i in order] if order else vi.shape,
+            np.argsort(order).tolist() if order else None, v.dtype,
+            grad_g.shape)
     return grad_v, grad_g
 
 
 _CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
+
+
+def _fast_path_ok(dim, *arrays) -> bool:
+    """Whether a validated call may be remembered for `_cpu.fast_forward` /
+    `fast_backward`: an int or None dim and plain native aligned NumPy inputs
+    (so nothing was converted or copied)."""
+    if dim is not None and type(dim) is not int:
+        return False
+    return all(type(a) is np.ndarray and a.dtype.isnative and a.flags.aligned
+               for a in arrays)
 
 
 def _ptr(info: ArrayInfo, layout, a: int) -> int:
