@@ -1,0 +1,28 @@
+"""CPU benchmarks: every case of ``wnkernels.bench.CPU_CASES``, forward and backward.
+
+Each group ("<case> <direction>") holds the same-size roofline (all-core copy / triad),
+wnkernels (allocating, and with ``out=`` for the forward), PyTorch's fused kernels and
+the NumPy baseline, so pytest-benchmark's table compares them directly;
+``extra_info`` carries GB/s and % of the roofline. wnkernels' results are checked
+against a float64 reference before a case is timed.
+"""
+
+import pytest
+
+from wnkernels import bench as wnbench
+
+IMPLS = ("roofline", "wnkernels", "wnkernels out=", "torch", "numpy")
+MATRIX = [pytest.param(c, d, i, id=tid)
+          for c, d, i, tid in wnbench.benchmark_matrix(wnbench.CPU_CASES, IMPLS)]
+
+
+@pytest.mark.parametrize("case, direction, impl", MATRIX)
+def test_cpu(benchmark, cpu_workloads, bench_threads, bench_record, case, direction, impl):
+    workload = cpu_workloads.get(case)
+    fn = workload.contenders(direction).get(impl)
+    if fn is None:
+        pytest.skip(f"{impl} is not available here (torch not installed)")
+    roofline_s = cpu_workloads.roofline_time(case, direction)
+    benchmark.group = f"{case.name} {direction}"
+    benchmark(fn)
+    bench_record(benchmark, case, direction, impl, roofline_s, threads=bench_threads)
