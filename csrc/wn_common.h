@@ -27,6 +27,24 @@
 /* Column mode: reduced steps accumulated plainly before a Neumaier flush. */
 #define WN_COLCHUNK 128
 
+/* GCC vector types: lowered to zmm, ymm pairs or xmm quads per variant. */
+typedef double wn_v8d __attribute__((vector_size(64), aligned(8)));
+typedef float wn_v8f __attribute__((vector_size(32), aligned(4)));
+
+WN_INLINE wn_v8d wn_v8d_from_f32(const float *f)
+{
+    wn_v8f x;
+    memcpy(&x, f, sizeof x);
+    return __builtin_convertvector(x, wn_v8d);
+}
+
+WN_INLINE wn_v8d wn_v8d_from_f64(const double *f)
+{
+    wn_v8d x;
+    memcpy(&x, f, sizeof x);
+    return x;
+}
+
 /* ---- bit casts and 16-bit float conversions (exact, round-to-nearest-even) */
 
 WN_INLINE float wn_u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }

@@ -7,6 +7,7 @@
  *   LDD(x)    T -> double (accumulation; exact for every T)
  *   LDF(x)    T -> CT        STF(y)   CT -> T
  *   LDB(x)    T -> BT        STB(y)   BT -> T
+ *   TOV8D(const CT *f)           8 consecutive CT values as a wn_v8d vector
  *   VLOAD16(CT *f, const T *p)   16 contiguous elements -> CT
  *   VSTORE16(T *p, const CT *f)  16 CT values -> contiguous elements
  *   STREAM(dst, src, nbytes)  streaming store of a 64-byte-aligned L1 buffer
@@ -40,15 +41,20 @@ WN_INLINE void FN(lane_sumsq)(double *restrict acc, const T *restrict x,
 {
     int64_t i = 0;
     if (s == 1) {
+        /* The 32 lanes as four 8-double vectors held in registers (a lane
+         * array would live in memory: a store-forwarding chain per step). */
+        wn_v8d a[4];
+        memcpy(a, acc, sizeof a);
         for (; i + WN_LANES <= n; i += WN_LANES) {
             CT f[WN_LANES];
             VLOAD16(f, x + i);
             VLOAD16(f + 16, x + i + 16);
-            for (int j = 0; j < WN_LANES; j++) {
-                double t = (double)f[j];
-                acc[j] += t * t;
+            for (int k = 0; k < 4; k++) {
+                wn_v8d t = TOV8D(f + 8 * k);
+                a[k] += t * t;
             }
         }
+        memcpy(acc, a, sizeof a);
     } else {
         for (; i + WN_LANES <= n; i += WN_LANES)
             for (int j = 0; j < WN_LANES; j++) {
@@ -68,15 +74,18 @@ WN_INLINE void FN(lane_dot)(double *restrict acc, const T *restrict a,
 {
     int64_t i = 0;
     if (sa == 1 && sb == 1) {
+        wn_v8d la[4];
+        memcpy(la, acc, sizeof la);
         for (; i + WN_LANES <= n; i += WN_LANES) {
             CT fa[WN_LANES], fb[WN_LANES];
             VLOAD16(fa, a + i);
             VLOAD16(fa + 16, a + i + 16);
             VLOAD16(fb, b + i);
             VLOAD16(fb + 16, b + i + 16);
-            for (int j = 0; j < WN_LANES; j++)
-                acc[j] += (double)fa[j] * (double)fb[j];
+            for (int k = 0; k < 4; k++)
+                la[k] += TOV8D(fa + 8 * k) * TOV8D(fb + 8 * k);
         }
+        memcpy(acc, la, sizeof la);
     } else {
         for (; i + WN_LANES <= n; i += WN_LANES)
             for (int j = 0; j < WN_LANES; j++)

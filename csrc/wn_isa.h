@@ -35,6 +35,8 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
  * with F16C instructions where the variant has them. */
 #define VLOAD16(f, p) do { for (int j_ = 0; j_ < 16; j_++) (f)[j_] = LDF((p)[j_]); } while (0)
 #define VSTORE16(p, f) do { for (int j_ = 0; j_ < 16; j_++) (p)[j_] = STF((f)[j_]); } while (0)
+/* CT is float for every type but float64 */
+#define TOV8D(f) wn_v8d_from_f32(f)
 
 /* float32 */
 #define FN(name) WN_CAT(name, f32, ISA)
@@ -60,6 +62,8 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef STB
 
 /* float64 */
+#undef TOV8D
+#define TOV8D(f) wn_v8d_from_f64(f)
 #define FN(name) WN_CAT(name, f64, ISA)
 #define T double
 #define NT double
@@ -81,6 +85,9 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef STF
 #undef LDB
 #undef STB
+
+#undef TOV8D
+#define TOV8D(f) wn_v8d_from_f32(f)
 
 /* float16 (IEEE binary16 bit patterns), computed in float32 */
 #define FN(name) WN_CAT(name, f16, ISA)
@@ -145,5 +152,6 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef STB
 
 #undef STREAM
+#undef TOV8D
 #undef VLOAD16
 #undef VSTORE16

@@ -38,6 +38,14 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _cwd_outside_source(monkeypatch):
+    """Run from tests/: subprocesses started with `python -c` put their cwd
+    first on sys.path, and from the repository root that would import the
+    source tree (no compiled extension) instead of the installed package."""
+    monkeypatch.chdir(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
 def _restore_num_threads():
     """Undo any set_num_threads a test makes."""
     wnkernels = sys.modules.get("wnkernels")

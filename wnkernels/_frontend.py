@@ -17,7 +17,14 @@ from math import isfinite
 
 import numpy as np
 
-from . import _cpu as _cpu_ext
+try:
+    from . import _cpu as _cpu_ext
+except ImportError as e:  # pragma: no cover - a source checkout without a build
+    raise ImportError(
+        "wnkernels' compiled extension (wnkernels._cpu) is missing: install the "
+        "package (pip install .) or build it in place (python setup.py "
+        "build_ext --inplace). If you ran Python from the source directory, "
+        "the source tree shadows the installed package.") from e
 from ._arrays import FLOAT_DTYPES, ArrayInfo
 from ._layout import make_layout, normalize_dim
 
