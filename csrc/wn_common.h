@@ -31,6 +31,21 @@
 typedef double wn_v8d __attribute__((vector_size(64), aligned(8)));
 typedef float wn_v8f __attribute__((vector_size(32), aligned(4)));
 
+typedef float wn_v16f __attribute__((vector_size(64), aligned(4)));
+
+/* Half types: steps of 32 elements accumulated in float32 lanes before
+ * they are added into the float64 lanes. */
+#define WN_HALF_FLUSH 16
+
+/* acc[j] += lane j of (a0 | a1), j = 0..31. */
+WN_INLINE void wn_lanes_flush(double *acc, wn_v16f a0, wn_v16f a1)
+{
+    float f[32];
+    memcpy(f, &a0, sizeof a0);
+    memcpy(f + 16, &a1, sizeof a1);
+    for (int j = 0; j < 32; j++) acc[j] += (double)f[j];
+}
+
 WN_INLINE wn_v8d wn_v8d_from_f32(const float *f)
 {
     wn_v8f x;

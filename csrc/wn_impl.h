@@ -41,6 +41,26 @@ WN_INLINE void FN(lane_sumsq)(double *restrict acc, const T *restrict x,
 {
     int64_t i = 0;
     if (s == 1) {
+#if WN_HALF
+        /* 16-bit inputs: a square (and a product) is exact in float32, so
+         * the 32 lanes accumulate in float32 registers and are flushed into
+         * the float64 lanes every WN_HALF_FLUSH steps: half the conversion
+         * work of float64 lanes, error <= WN_HALF_FLUSH * 2^-24 per flush. */
+        while (i + WN_LANES <= n) {
+            wn_v16f a0 = {0}, a1 = {0};
+            for (int k = 0; k < WN_HALF_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES) {
+                float f[WN_LANES];
+                VLOAD16(f, x + i);
+                VLOAD16(f + 16, x + i + 16);
+                wn_v16f t0, t1;
+                memcpy(&t0, f, sizeof t0);
+                memcpy(&t1, f + 16, sizeof t1);
+                a0 += t0 * t0;
+                a1 += t1 * t1;
+            }
+            wn_lanes_flush(acc, a0, a1);
+        }
+#else
         /* The 32 lanes as four 8-double vectors held in registers (a lane
          * array would live in memory: a store-forwarding chain per step). */
         wn_v8d a[4];
@@ -55,6 +75,7 @@ WN_INLINE void FN(lane_sumsq)(double *restrict acc, const T *restrict x,
             }
         }
         memcpy(acc, a, sizeof a);
+#endif
     } else {
         for (; i + WN_LANES <= n; i += WN_LANES)
             for (int j = 0; j < WN_LANES; j++) {
@@ -74,6 +95,26 @@ WN_INLINE void FN(lane_dot)(double *restrict acc, const T *restrict a,
 {
     int64_t i = 0;
     if (sa == 1 && sb == 1) {
+#if WN_HALF
+        while (i + WN_LANES <= n) {
+            wn_v16f a0 = {0}, a1 = {0};
+            for (int k = 0; k < WN_HALF_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES) {
+                float fa[WN_LANES], fb[WN_LANES];
+                VLOAD16(fa, a + i);
+                VLOAD16(fa + 16, a + i + 16);
+                VLOAD16(fb, b + i);
+                VLOAD16(fb + 16, b + i + 16);
+                wn_v16f x0, x1, y0, y1;
+                memcpy(&x0, fa, sizeof x0);
+                memcpy(&x1, fa + 16, sizeof x1);
+                memcpy(&y0, fb, sizeof y0);
+                memcpy(&y1, fb + 16, sizeof y1);
+                a0 += x0 * y0;
+                a1 += x1 * y1;
+            }
+            wn_lanes_flush(acc, a0, a1);
+        }
+#else
         wn_v8d la[4];
         memcpy(la, acc, sizeof la);
         for (; i + WN_LANES <= n; i += WN_LANES) {
@@ -86,6 +127,7 @@ WN_INLINE void FN(lane_dot)(double *restrict acc, const T *restrict a,
                 la[k] += TOV8D(fa + 8 * k) * TOV8D(fb + 8 * k);
         }
         memcpy(acc, la, sizeof la);
+#endif
     } else {
         for (; i + WN_LANES <= n; i += WN_LANES)
             for (int j = 0; j < WN_LANES; j++)
