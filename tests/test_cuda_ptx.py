@@ -13,7 +13,11 @@ Checked for each (kind, dtype, reduction form, dims):
 * the kernel's parameter list, type by type, is exactly what the fast launch
   path (``wnkernels.cuda._launch._flat``) passes -- so flat-argument launches
   through ``cuda.core`` agree with numba's own argument marshalling;
-* shuffle variants use ``shfl.sync.bfly`` and shared-memory variants none.
+* shuffle variants use ``shfl.sync.bfly`` and shared-memory variants none;
+* the 16-byte vector kernels (``K.VKINDS``: ``fwd_vblock`` ...) load with
+  ``ld.global.v4`` (16-byte accesses: ``.v4`` of 32-bit or ``.v2`` of 64-bit
+  lanes) and, where they write the big arrays, store with ``st.global.v4``;
+  compiled for one and two kept dims (their rows are one contiguous reduced dim).
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
 CCS = ("8.0", "9.0")
 BLOCK = 256
+# 16-byte global accesses: four 32-bit or two 64-bit lanes (any cache qualifier)
+VLD = re.compile(r"\bld\.global(?:\.\w+)*?\.(?:v4\.[bfsu]32|v2\.[bfsu]64)\b")
+VST = re.compile(r"\bst\.global(?:\.\w+)*?\.(?:v4\.[bfsu]32|v2\.[bfsu]64)\b")
 
 
 def _variants(cc):
@@ -39,6 +46,11 @@ def _variants(cc):
     out = []
     for kind in K.KINDS:
         sub = 16 if "group" in kind else 32 if "cols" in kind else 0
+        if kind in K.VKINDS:
+            for dtype in K.DTYPES:
+                out += [(kind, dtype, True, sub, 1, 1), (kind, dtype, False, sub, 1, 1),
+                        (kind, dtype, True, sub, 2, 1)]
+            continue
         for dtype in K.DTYPES:
             for shuffle in ((False,) if kind == "copy" else (True, False)):
                 out.append((kind, dtype, shuffle, sub, 1, 1))
@@ -46,7 +58,7 @@ def _variants(cc):
                 out.append((kind, dtype, True, sub, 2, 3))   # several kept / reduced dims
     if cc == "9.0":
         for g in (8, 32):
-            for kind in ("fwd_group", "bwd_group"):
+            for kind in ("fwd_group", "bwd_group", "fwd_vgroup", "bwd_vgroup"):
                 out.append((kind, "float32", True, g, 1, 1))
     return out
 
@@ -96,9 +108,10 @@ def main(cc: str) -> int:
             entries=len(entries), params=params,
             expected=_expected_params(kind, dtype, nk, nr),
             local=".local" in ptx or "__local_depot" in ptx,
-            shfl=ptx.count("shfl.sync.bfly"), error=None))
-    json.dump({"cc": cc, "seconds": time.perf_counter() - t0, "results": results},
-              sys.stdout)
+            shfl=ptx.count("shfl.sync.bfly"),
+            vld=len(VLD.findall(ptx)), vst=len(VST.findall(ptx)), error=None))
+    json.dump({"cc": cc, "seconds": time.perf_counter() - t0, "results": results,
+               "vkinds": list(K.VKINDS)}, sys.stdout)
     return 0
 
 
@@ -106,8 +119,8 @@ def main(cc: str) -> int:
 
 def _compile_all(cc):
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), cc], cwd=ROOT,
+    # The installed wnkernels is tested (no source-tree path is added).
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), cc], cwd=HERE,
                        env=env, capture_output=True, text=True, timeout=900)
     return r
 
@@ -160,6 +173,31 @@ def test_reduction_forms(ptx_results, cc):
             assert x["shfl"] > 0, f"{x['kind']}/{x['dtype']}: no warp shuffle"
         if not x["shuffle"]:
             assert x["shfl"] == 0, f"{x['kind']}/{x['dtype']}: unexpected shuffle"
+
+
+@pytest.mark.parametrize("cc", CCS)
+def test_vector_kernels_use_16_byte_accesses(ptx_results, cc):
+    vkinds = set(ptx_results[cc]["vkinds"])
+    assert vkinds, "no vector kernels"
+    seen = set()
+    for x in ptx_results[cc]["results"]:
+        if x["kind"] not in vkinds:
+            continue
+        seen.add(x["kind"])
+        name = f"{x['kind']}/{x['dtype']}/shuffle={x['shuffle']}/{x['nk']},{x['nr']}"
+        assert x["vld"] > 0, f"{name}: no 16-byte ld.global.v4"
+        if not x["kind"].endswith("part"):  # part kernels only read
+            assert x["vst"] > 0, f"{name}: no 16-byte st.global.v4"
+    assert seen == vkinds
+
+
+def test_vector_regexes():
+    assert VLD.search("ld.global.v4.u32 {%r1, %r2, %r3, %r4}, [%rd6];")
+    assert VLD.search("ld.global.nc.v4.f32 {%f1, %f2, %f3, %f4}, [%rd6];")
+    assert VLD.search("ld.global.v2.f64 {%fd1, %fd2}, [%rd6];")
+    assert not VLD.search("ld.global.v2.f32 {%f1, %f2}, [%rd6];")
+    assert not VLD.search("ld.global.u16 %rs1, [%rd6];")
+    assert VST.search("st.global.v4.b32 [%rd8], {%r1, %r2, %r3, %r4};")
 
 
 if __name__ == "__main__":

@@ -461,3 +461,161 @@ def test_front_end_on_simulator_arrays(dtype, kind):
         gv, gg = wnkernels.weight_norm_backward(to_sim(gw), to_sim(v), to_sim(g), n, dim)
         err = zoo.check_backward(host(gv), host(gg), gw, v, g, host(n), dim, dtype)
         assert err is None, f"{shape} dim={dim}: {err}"
+
+
+# ---------------------------------------------------------------- 16-byte vector kernels
+#
+# On a GPU the v* kernels (16-byte ld.global.v4 / st.global.v4) run wherever rows
+# are contiguous and 16-byte aligned; under the simulator the scalar kernels are
+# the default, so these tests switch the vector path on.  The simulator's
+# vload / vstore read the W consecutive elements in Python and raise on a
+# misaligned or out-of-range vector access (a fault on a GPU).
+
+VEC_STRATEGIES = ("block", "group", "split:3")
+VEC_W = {"float16": 8, "bfloat16": 8, "float32": 4, "float64": 2}
+
+
+@pytest.fixture
+def vector_on():
+    old = wc.configure(vector=True)
+    _launch.Settings.trace = []
+    yield _launch.Settings.trace
+    _launch.Settings.trace = None
+    wc.configure(**old)
+
+
+def _vector_kinds(trace):
+    return [k for k in trace if k.split("_", 1)[1].startswith("v")]
+
+
+@sim_only
+@pytest.mark.parametrize("strategy", VEC_STRATEGIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vector_rows(dtype, strategy, vector_on):
+    """Several aligned contiguous rows (rowlen a multiple of W): every vector kernel."""
+    W = VEC_W[dtype]
+    rng = np.random.default_rng([DTYPES.index(dtype), VEC_STRATEGIES.index(strategy), 40])
+    v = zoo.random_values(rng, (3, 3 * W * 8 // 2), dtype)   # 1.5 block-strides of vectors
+    check_both(v, 0, dtype, strategy, rng)
+    assert len(_vector_kinds(vector_on)) == len(vector_on) > 0, vector_on
+
+
+@sim_only
+@pytest.mark.parametrize("strategy", VEC_STRATEGIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vector_tail(dtype, strategy, vector_on):
+    """One row (dim=None) whose length is not a multiple of W: vectors, then a
+    scalar tail; split chunks stay whole multiples of block x W."""
+    W = VEC_W[dtype]
+    rng = np.random.default_rng([DTYPES.index(dtype), VEC_STRATEGIES.index(strategy), 41])
+    v = zoo.random_values(rng, (2 * 8 * W + W - 1,), dtype)
+    check_both(v, None, dtype, strategy, rng)
+    assert len(_vector_kinds(vector_on)) == len(vector_on) > 0, vector_on
+
+
+@sim_only
+@pytest.mark.parametrize("dtype", ("float16", "float32"))
+def test_vector_multi_dims_and_nan(dtype, vector_on):
+    """Two kept dims (kept strides multiples of 16 bytes), merged reduced dims,
+    NaN / inf / a zero row staying in their rows."""
+    W = VEC_W[dtype]
+    rng = np.random.default_rng(42)
+    v = zoo.random_values(rng, (2, 3, 2, W), dtype)
+    v[0, 1, 1, 0] = np.nan
+    v[1, 0, 0, 1] = np.inf
+    v[1, 2] = 0
+    check_both(v, (0, 1), dtype, "block", rng)
+    g = zoo.random_values(rng, (6,), dtype, "g")
+    w, _ = run_forward(v, g, (0, 1), 0.0, "group:4")
+    w = w.astype(np.float64).reshape(6, -1)
+    assert np.isnan(w[[1, 5]]).all() and np.isnan(w[3]).any()
+    assert np.isfinite(w[[0, 2, 4]]).all()
+    assert len(_vector_kinds(vector_on)) == len(vector_on), vector_on
+
+
+@sim_only
+def test_vector_falls_back_when_misaligned(vector_on):
+    """Rows that do not start on 16 bytes, or are not contiguous, run the scalar
+    kernels (correctly); the simulator's vload would raise otherwise."""
+    rng = np.random.default_rng(43)
+    base = zoo.random_values(rng, (3, 33), "float32")
+    cases = [(base[:, 1:], 0),              # row starts 4 bytes past 16
+             (base[:, :30], 0),             # row stride 132 bytes
+             (base[:, ::2], 0),             # not contiguous
+             (base[:, :32].T, -1)]          # kept axis contiguous (cols)
+    for v, dim in cases:
+        del vector_on[:]
+        check_both(v, dim, "float32", None, rng)
+        assert not _vector_kinds(vector_on), (v.strides, vector_on)
+
+
+@sim_only
+@pytest.mark.parametrize("strategy", VEC_STRATEGIES)
+def test_vector_in_place_and_reproducible(strategy, vector_on):
+    """out=v on the vector path equals the out-of-place result bit for bit, and
+    repeated calls are bitwise identical."""
+    rng = np.random.default_rng(44)
+    v = zoo.random_values(rng, (3, 36), "float32")
+    g = zoo.random_values(rng, (3,), "float32", "g")
+    w1, n1 = run_forward(v, g, 0, 0.0, strategy)
+    w2, n2 = run_forward(v, g, 0, 0.0, strategy)
+    assert w1.tobytes() == w2.tobytes() and n1.tobytes() == n2.tobytes()
+    vd = to_sim(v)
+    vi = wc.info(vd)
+    lay = make_layout(vi.shape, (0,), [vi.strides, vi.strides])
+    nd = wc.empty(vi, (3,), "float32")
+    wc.forward(lay, vi, wc.info(to_sim(g)), 1, vi, wc.info(nd), 0.0, strategy=strategy)
+    assert host(vd).tobytes() == w1.tobytes()
+    assert len(_vector_kinds(vector_on)) == len(vector_on), vector_on
+
+
+@sim_only
+def test_vector_scale_is_exactly_one_when_g_is_the_norm(vector_on):
+    rng = np.random.default_rng(45)
+    v = zoo.random_values(rng, (4, 36), "float64")
+    g = zoo.random_values(rng, (4,), "float64", "g")
+    _, n = run_forward(v, g, 0, 0.0, "block")
+    w, _ = run_forward(v, n, 0, 0.0, "block")
+    assert w.tobytes() == v.tobytes()
+
+
+@sim_only
+def test_vector_ok_rules():
+    """Host-side eligibility: pointer and every kept stride 16-byte multiples,
+    one contiguous reduced dim, in every array; the knob switches it off."""
+    from types import SimpleNamespace as NS
+    old = wc.configure(vector=True)
+    try:
+        def ok(shape, dim, strides, ptrs, itemsize=4):
+            lay = make_layout(shape, normalize_dim(dim, len(shape)), strides)
+            arrs = [NS(ptr=p, itemsize=itemsize) for p in ptrs]
+            return _launch._vector_ok(lay, arrs)
+        C = (8, 1)
+        assert ok((4, 8), 0, [C, C], [0x1000, 0x2000])
+        assert not ok((4, 8), 0, [C, C], [0x1000, 0x2004])        # w misaligned
+        assert not ok((4, 6), 0, [(6, 1), (6, 1)], [0x1000, 0x1000])  # 24-byte rows
+        assert ok((1, 6), 0, [(6, 1), (6, 1)], [0x1000, 0x1000])  # one row: no stride
+        assert ok((4, 6), 0, [(8, 1), (8, 1)], [0x1000, 0x1000])  # padded rows
+        assert not ok((4, 8), 0, [(1, 4), (1, 4)], [0x1000, 0x1000])  # cols layout
+        assert not ok((4, 8), 0, [(16, 2), (8, 1)], [0x1000, 0x1000])  # v strided
+        assert not ok((4, 2), 0, [(2, 1), (2, 1)], [0x1000, 0x1000])  # row < W
+        assert ok((4, 8), 0, [C, C], [0x1000, 0x2000], itemsize=2)  # 16 B rows, W=8
+        assert not ok((4, 12), 0, [(12, 1), (12, 1)], [0x1000, 0x2000], itemsize=2)
+        assert ok((4, 16), 0, [(16, 1), (16, 1)], [0x1000, 0x2000], itemsize=2)
+        wc.configure(vector=False)
+        assert not ok((4, 8), 0, [C, C], [0x1000, 0x2000])
+    finally:
+        wc.configure(**old)
+
+
+@sim_only
+def test_simulator_vload_checks_alignment():
+    from wnkernels.cuda import _vec
+    a = FakeCUDAArray(np.arange(12, dtype=np.float32))
+    assert _vec.vload(a, 4) == (4.0, 5.0, 6.0, 7.0)
+    with pytest.raises(RuntimeError):
+        _vec.vload(a, 1)
+    with pytest.raises(IndexError):
+        _vec.vload(a, 12)
+    _vec.vstore(a, 8, (1.0, 2.0, 3.0, 4.0))
+    assert list(a._ary[8:]) == [1.0, 2.0, 3.0, 4.0]

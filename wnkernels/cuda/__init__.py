@@ -10,7 +10,11 @@ Modules:
 * `_interop`  -- recognize GPU arrays (torch, CuPy, numba, CUDA array interface,
   DLPack), describe them as `ArrayInfo`, allocate outputs, find the stream;
 * `_kernels`  -- the kernels, one factory per strategy (``block``, ``group``,
-  ``split``, ``cols``), with the precision and determinism rules;
+  ``split``, ``cols``), with the precision and determinism rules; ``block``,
+  ``group`` and ``split`` also come as 16-byte vector kernels (``fwd_vblock`` ...)
+  for contiguous, 16-byte aligned rows;
+* `_vec`      -- the 16-byte ``ld.global.v4`` / ``st.global.v4`` intrinsics (plain
+  Python under the CUDA simulator);
 * `_launch`   -- strategy choice, kernel cache, and the launch paths (flat
   arguments through ``cuda.core``, numba's dispatcher as the fallback and under
   the CUDA simulator);
@@ -70,7 +74,9 @@ def ascontiguous(a):
 
 def configure(**knobs) -> dict:
     """Set launch knobs (``block``, ``shuffle``, ``cols_tx``, ``fast_launch``,
-    ``sm_count``); returns the previous values.  See `_launch.Settings`."""
+    ``sm_count``, ``vector``); returns the previous values.  See `_launch.Settings`
+    (``vector``: use the 16-byte vector kernels where rows are contiguous and
+    aligned; on by default on a GPU, off under the simulator)."""
     from . import _launch
     return _launch.configure(**knobs)
 

@@ -44,6 +44,25 @@ Strategies (all deterministic: fixed reduction trees, no atomics):
             ``TX`` adjacent rows (coalesced along the kept axis, no transpose);
             the ``TY`` partials of a row are summed in order by thread ``ty == 0``.
 
+Vector variants (``VKINDS``: ``fwd_vblock``, ``bwd_vblock``, ``fwd_vgroup``,
+``bwd_vgroup``, ``fwd_vpart``, ``fwd_vfinish``, ``bwd_vpart``, ``bwd_vfinish``).
+Same strategies and arguments as their scalar counterparts, for rows that are one
+contiguous run (stride 1) in every array and start 16-byte aligned (`_launch`
+checks the pointers and kept strides on the host; the reduced-dim tuples are
+ignored).  Global memory moves 16 bytes at a time through `_vec.vload` /
+`_vec.vstore` (``ld.global.v4`` / ``st.global.v4``): ``W`` = 8 elements for
+float16 / bfloat16, 4 for float32, 2 for float64.  A row segment ``[s, end)``
+(``s`` a multiple of ``W``) is walked as: lane ``l`` of ``n`` cooperating
+threads takes vectors ``l, l+n, l+2n, ...`` (elements in order within each
+vector), then the ``< W`` tail elements ``s + nv*W + l, ...`` one by one.  Each
+element goes through exactly the scalar kernels' arithmetic (same load
+conversion, same per-element formula, same store rounding), so ``w`` and
+``grad_v`` get the same per-element expression; only the order of each
+thread's partial sum differs from the scalar kernels (a fixed order too, so
+results are bitwise reproducible; scalar and vector paths agree to rounding).
+Under the simulator ``vload``/``vstore`` are plain Python (and check alignment),
+so the same kernel source is tested there.
+
 Reductions.  ``shuffle=True`` uses warp shuffles (butterfly within each warp, then
 every thread sums the per-warp partials in warp order); ``shuffle=False`` uses a
 shared-memory tree, the only form the CUDA simulator can run.  Both are fixed-order,
@@ -62,13 +81,18 @@ import math
 import numpy as np
 
 from ._numba import cuda, SIM, types
+from ._vec import vload, vstore
 
-__all__ = ["DTYPES", "KINDS", "make_kernel", "signature", "storage_dtype",
-           "acc_dtype", "norm_dtype"]
+__all__ = ["DTYPES", "KINDS", "VKINDS", "make_kernel", "signature", "storage_dtype",
+           "acc_dtype", "norm_dtype", "vec_width"]
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 KINDS = ("fwd_block", "bwd_block", "fwd_group", "bwd_group", "fwd_cols",
          "bwd_cols", "fwd_part", "fwd_finish", "bwd_part", "bwd_finish", "copy")
+# 16-byte vector variants (contiguous, 16-byte aligned rows; see the module docstring)
+VKINDS = ("fwd_vblock", "bwd_vblock", "fwd_vgroup", "bwd_vgroup",
+          "fwd_vpart", "fwd_vfinish", "bwd_vpart", "bwd_vfinish")
+KINDS = KINDS + VKINDS
 
 _STORAGE = {"float16": np.float16, "bfloat16": np.uint16,
             "float32": np.float32, "float64": np.float64}
@@ -207,6 +231,33 @@ def _dtype_helpers(dtype):
     return load, store, A, C, NT
 
 
+def vec_width(dtype: str) -> int:
+    """Elements per 16-byte vector of ``dtype``'s storage type (8, 8, 4, 2)."""
+    return 16 // np.dtype(_STORAGE[dtype]).itemsize
+
+
+def _vec_helpers(W, load, store, A):
+    """Per-vector element loops, unrolled (constant tuple indices, so the W values
+    stay in registers).  Elements are taken in order 0..W-1, exactly the
+    arithmetic of the scalar kernels applied element by element."""
+    idx = range(W)
+    src = (
+        "def vsumsq(acc, t):\n"
+        + "".join(f"    x = A(load(t[{k}]))\n    acc += x * x\n" for k in idx)
+        + "    return acc\n\n"
+        "def vdot(acc, ta, tb):\n"
+        + "".join(f"    acc += A(load(ta[{k}])) * A(load(tb[{k}]))\n" for k in idx)
+        + "    return acc\n\n"
+        "def vscale(t, s):\n    return ("
+        + "".join(f"store(load(t[{k}]) * s), " for k in idx) + ")\n\n"
+        "def vgrad(ta, tb, ca, cb):\n    return ("
+        + "".join(f"store(ca * load(ta[{k}]) - cb * load(tb[{k}])), " for k in idx)
+        + ")\n")
+    ns = dict(A=A, load=load, store=store)
+    exec(compile(src, f"<wnkernels vector helpers W={W}>", "exec"), ns)
+    return tuple(_device(ns[n]) for n in ("vsumsq", "vdot", "vscale", "vgrad"))
+
+
 def _numba_type(npt):
     return {np.float32: types.float32, np.float64: types.float64}[npt]
 
@@ -296,6 +347,70 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub: int = 0):
     CTY = _numba_type(C)
     RPB = B // G
     SH = B  # shared scratch length (both reduction forms fit in B)
+    W = vec_width(dtype)
+    vsumsq, vdot, vscale, vgrad = _vec_helpers(W, load, store, A)
+
+    # -------------------------------------------- contiguous row segments, 16-byte vectors
+    # Elements [s, end) of a row whose element 0 is at index o (of every array
+    # involved), s a multiple of W, &array[o] 16-byte aligned (checked on the host).
+    # ``lane`` of ``step`` cooperating threads takes vectors lane, lane+step, ...
+    # (each vector's W elements in order), then the < W tail elements one by one.
+
+    @_device
+    def seg_sumsq(v, o, s, end, lane, step):
+        acc = A(0)
+        nv = (end - s) // W
+        j = lane
+        while j < nv:
+            acc = vsumsq(acc, vload(v, o + s + j * W))
+            j += step
+        j = s + nv * W + lane
+        while j < end:
+            x = A(load(v[o + j]))
+            acc += x * x
+            j += step
+        return acc
+
+    @_device
+    def seg_scale(v, vo, w, wo, s, end, lane, step, scale):
+        nv = (end - s) // W
+        j = lane
+        while j < nv:
+            k = s + j * W
+            vstore(w, wo + k, vscale(vload(v, vo + k), scale))
+            j += step
+        j = s + nv * W + lane
+        while j < end:
+            w[wo + j] = store(load(v[vo + j]) * scale)
+            j += step
+
+    @_device
+    def seg_dot(gw, go, v, vo, s, end, lane, step):
+        acc = A(0)
+        nv = (end - s) // W
+        j = lane
+        while j < nv:
+            k = s + j * W
+            acc = vdot(acc, vload(gw, go + k), vload(v, vo + k))
+            j += step
+        j = s + nv * W + lane
+        while j < end:
+            acc += A(load(gw[go + j])) * A(load(v[vo + j]))
+            j += step
+        return acc
+
+    @_device
+    def seg_grad(gw, go, v, vo, gv, qo, s, end, lane, step, ca, cb):
+        nv = (end - s) // W
+        j = lane
+        while j < nv:
+            k = s + j * W
+            vstore(gv, qo + k, vgrad(vload(gw, go + k), vload(v, vo + k), ca, cb))
+            j += step
+        j = s + nv * W + lane
+        while j < end:
+            gv[qo + j] = store(ca * load(gw[go + j]) - cb * load(v[vo + j]))
+            j += step
 
     # ------------------------------------------------------------ block per row
     def fwd_block(v, vb, w, wb, g, gb, gs, norms, eps, nrows, rowlen,
@@ -640,6 +755,198 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub: int = 0):
             cuda.syncthreads()
             k += cuda.gridDim.x
 
+    # ------------------------------------------------------------ 16-byte vector variants
+    # Same structure as the scalar kernels above; rows are contiguous (the
+    # reduced-index tuples rs / *rs are unused) and 16-byte aligned.
+
+    def fwd_vblock(v, vb, w, wb, g, gb, gs, norms, eps, nrows, rowlen,
+                   ks, vks, wks, rs, vrs, wrs):
+        sh = cuda.shared.array(SH, ATY)
+        t = cuda.threadIdx.x
+        r = cuda.blockIdx.x
+        while r < nrows:
+            vo, wo = _off2(r, ks, vks, wks)
+            vo += vb
+            wo += wb
+            acc = seg_sumsq(v, vo, 0, rowlen, t, B)
+            tot = block_sum(sh, acc, t)
+            nrm = NT(math.sqrt(tot + A(eps)))
+            if t == 0:
+                norms[r] = nrm
+            scale = load(g[gb + r * gs]) / C(nrm)
+            seg_scale(v, vo, w, wo, 0, rowlen, t, B, scale)
+            r += cuda.gridDim.x
+
+    def bwd_vblock(gw, gwb, v, vb, gv, gvb, g, gb, gs, norms, nb, ns, grad_g,
+                   nrows, rowlen, ks, gwks, vks, gvks, rs, gwrs, vrs, gvrs):
+        sh = cuda.shared.array(SH, ATY)
+        t = cuda.threadIdx.x
+        r = cuda.blockIdx.x
+        while r < nrows:
+            go, vo, qo = _off3(r, ks, gwks, vks, gvks)
+            go += gwb
+            vo += vb
+            qo += gvb
+            acc = seg_dot(gw, go, v, vo, 0, rowlen, t, B)
+            tot = block_sum(sh, acc, t)
+            nrm = A(norms[nb + r * ns])
+            ggrad = tot / nrm
+            if t == 0:
+                grad_g[r] = store(C(ggrad))
+            gA = A(load(g[gb + r * gs]))
+            ca = C(gA / nrm)
+            cb = C(gA * ggrad / (nrm * nrm))
+            seg_grad(gw, go, v, vo, gv, qo, 0, rowlen, t, B, ca, cb)
+            r += cuda.gridDim.x
+
+    def fwd_vgroup(v, vb, w, wb, g, gb, gs, norms, eps, nrows, rowlen,
+                   ks, vks, wks, rs, vrs, wrs):
+        sh = cuda.shared.array(SH, ATY)
+        t = cuda.threadIdx.x
+        lane = t % G
+        base = cuda.blockIdx.x * RPB
+        while base < nrows:  # block-uniform loop: every lane reaches the reduction
+            r = base + t // G
+            active = r < nrows
+            vo = 0
+            wo = 0
+            acc = A(0)
+            if active:
+                vo, wo = _off2(r, ks, vks, wks)
+                vo += vb
+                wo += wb
+                acc = seg_sumsq(v, vo, 0, rowlen, lane, G)
+            tot = group_sum(sh, acc, t)
+            if active:
+                nrm = NT(math.sqrt(tot + A(eps)))
+                if lane == 0:
+                    norms[r] = nrm
+                scale = load(g[gb + r * gs]) / C(nrm)
+                seg_scale(v, vo, w, wo, 0, rowlen, lane, G, scale)
+            base += cuda.gridDim.x * RPB
+
+    def bwd_vgroup(gw, gwb, v, vb, gv, gvb, g, gb, gs, norms, nb, ns, grad_g,
+                   nrows, rowlen, ks, gwks, vks, gvks, rs, gwrs, vrs, gvrs):
+        sh = cuda.shared.array(SH, ATY)
+        t = cuda.threadIdx.x
+        lane = t % G
+        base = cuda.blockIdx.x * RPB
+        while base < nrows:
+            r = base + t // G
+            active = r < nrows
+            go = 0
+            vo = 0
+            qo = 0
+            acc = A(0)
+            if active:
+                go, vo, qo = _off3(r, ks, gwks, vks, gvks)
+                go += gwb
+                vo += vb
+                qo += gvb
+                acc = seg_dot(gw, go, v, vo, 0, rowlen, lane, G)
+            tot = group_sum(sh, acc, t)
+            if active:
+                nrm = A(norms[nb + r * ns])
+                ggrad = tot / nrm
+                if lane == 0:
+                    grad_g[r] = store(C(ggrad))
+                gA = A(load(g[gb + r * gs]))
+                ca = C(gA / nrm)
+                cb = C(gA * ggrad / (nrm * nrm))
+                seg_grad(gw, go, v, vo, gv, qo, 0, rowlen, lane, G, ca, cb)
+            base += cuda.gridDim.x * RPB
+
+    def fwd_vpart(v, vb, part, nrows, rowlen, nchunk, chunk, ks, vks, rs, vrs):
+        sh = cuda.shared.array(SH, ATY)
+        t = cuda.threadIdx.x
+        nblk = nrows * nchunk
+        bid = cuda.blockIdx.x
+        while bid < nblk:
+            r = bid // nchunk
+            c = bid - r * nchunk
+            vo = vb + _off1(r, ks, vks)
+            s = c * chunk  # chunk is a multiple of W (host side)
+            acc = seg_sumsq(v, vo, s, min(s + chunk, rowlen), t, B)
+            tot = block_sum(sh, acc, t)
+            if t == 0:
+                part[bid] = tot
+            bid += cuda.gridDim.x
+
+    def fwd_vfinish(v, vb, w, wb, g, gb, gs, norms, part, eps, nrows, rowlen,
+                    nchunk, chunk, ks, vks, wks, rs, vrs, wrs):
+        shs = cuda.shared.array(1, CTY)
+        t = cuda.threadIdx.x
+        nblk = nrows * nchunk
+        k = cuda.blockIdx.x
+        while k < nblk:
+            bid = nblk - 1 - k  # reverse of fwd_vpart's order: L2 still holds these
+            r = bid // nchunk
+            c = bid - r * nchunk
+            if t == 0:
+                tot = A(0)
+                for p in range(nchunk):  # fixed order: bitwise reproducible
+                    tot += part[r * nchunk + p]
+                nrm = NT(math.sqrt(tot + A(eps)))
+                if c == 0:
+                    norms[r] = nrm
+                shs[0] = load(g[gb + r * gs]) / C(nrm)
+            cuda.syncthreads()
+            scale = shs[0]
+            vo, wo = _off2(r, ks, vks, wks)
+            s = c * chunk
+            seg_scale(v, vo + vb, w, wo + wb, s, min(s + chunk, rowlen), t, B, scale)
+            cuda.syncthreads()
+            k += cuda.gridDim.x
+
+    def bwd_vpart(gw, gwb, v, vb, part, nrows, rowlen, nchunk, chunk,
+                  ks, gwks, vks, rs, gwrs, vrs):
+        sh = cuda.shared.array(SH, ATY)
+        t = cuda.threadIdx.x
+        nblk = nrows * nchunk
+        bid = cuda.blockIdx.x
+        while bid < nblk:
+            r = bid // nchunk
+            c = bid - r * nchunk
+            go, vo = _off2(r, ks, gwks, vks)
+            s = c * chunk
+            acc = seg_dot(gw, go + gwb, v, vo + vb, s, min(s + chunk, rowlen), t, B)
+            tot = block_sum(sh, acc, t)
+            if t == 0:
+                part[bid] = tot
+            bid += cuda.gridDim.x
+
+    def bwd_vfinish(gw, gwb, v, vb, gv, gvb, g, gb, gs, norms, nb, ns, grad_g,
+                    part, nrows, rowlen, nchunk, chunk,
+                    ks, gwks, vks, gvks, rs, gwrs, vrs, gvrs):
+        shs = cuda.shared.array(2, CTY)
+        t = cuda.threadIdx.x
+        nblk = nrows * nchunk
+        k = cuda.blockIdx.x
+        while k < nblk:
+            bid = nblk - 1 - k
+            r = bid // nchunk
+            c = bid - r * nchunk
+            if t == 0:
+                tot = A(0)
+                for p in range(nchunk):
+                    tot += part[r * nchunk + p]
+                nrm = A(norms[nb + r * ns])
+                ggrad = tot / nrm
+                if c == 0:
+                    grad_g[r] = store(C(ggrad))
+                gA = A(load(g[gb + r * gs]))
+                shs[0] = C(gA / nrm)
+                shs[1] = C(gA * ggrad / (nrm * nrm))
+            cuda.syncthreads()
+            ca = shs[0]
+            cb = shs[1]
+            go, vo, qo = _off3(r, ks, gwks, vks, gvks)
+            s = c * chunk
+            seg_grad(gw, go + gwb, v, vo + vb, gv, qo + gvb, s, min(s + chunk, rowlen),
+                     t, B, ca, cb)
+            cuda.syncthreads()
+            k += cuda.gridDim.x
+
     # ------------------------------------------------------------ strided copy
     def copy(src, sb, dst, db, n, shape, sstr, dstr):
         """dst = src element by element (a small per-row array made contiguous)."""
@@ -656,6 +963,10 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub: int = 0):
         "fwd_cols": fwd_cols, "bwd_cols": bwd_cols,
         "fwd_part": fwd_part, "fwd_finish": fwd_finish,
         "bwd_part": bwd_part, "bwd_finish": bwd_finish,
+        "fwd_vblock": fwd_vblock, "bwd_vblock": bwd_vblock,
+        "fwd_vgroup": fwd_vgroup, "bwd_vgroup": bwd_vgroup,
+        "fwd_vpart": fwd_vpart, "fwd_vfinish": fwd_vfinish,
+        "bwd_vpart": bwd_vpart, "bwd_vfinish": bwd_vfinish,
     }[kind]
     fn.__name__ = f"wn_{kind}_{dtype}"
     fn.__qualname__ = fn.__name__
@@ -671,7 +982,10 @@ def _arr(npt):
 
 
 def signature(kind: str, dtype: str, nk: int, nr: int) -> tuple:
-    """Numba argument types of one kernel for ``nk`` kept and ``nr`` reduced dims."""
+    """Numba argument types of one kernel for ``nk`` kept and ``nr`` reduced dims
+    (a ``v*`` kernel takes exactly the arguments of its scalar counterpart)."""
+    if kind in VKINDS:
+        kind = kind.replace("_v", "_", 1)
     S = _arr(_STORAGE[dtype])
     N = _arr(_NORM[dtype])
     P = _arr(_ACC[dtype])

@@ -16,6 +16,19 @@ Strategy choice (``choose``), from the `Layout` alone (``B`` threads per block):
 The choice, chunking and block size depend only on the shape and device, so a
 given call is bitwise reproducible.
 
+Vector path.  ``block``, ``group`` and ``split`` have ``v*`` variants
+(``fwd_vblock`` ...) that move 16 bytes per load/store (``ld.global.v4``; 8
+half-type elements, 4 float32, 2 float64) and are used when `_vector_ok` holds:
+``Settings.vector`` is on (default on a GPU, off under the simulator), rows are
+contiguous in every array of the layout (one reduced dim, stride 1), and every
+row starts 16-byte aligned in every array (origin pointer % 16 == 0 and every
+kept stride, in bytes, a multiple of 16).  Otherwise the scalar kernels run.
+The vector kernels sum in a different (equally fixed) order than the scalar
+ones, so the two paths agree to rounding, not bit for bit: a given call is
+still bitwise reproducible, because the path depends only on the layout and
+the arrays' alignment.  ``split`` chunks are whole multiples of ``block x W``
+elements on the vector path, so chunk boundaries stay aligned.
+
 Launch paths.  Kernels are compiled once per (kind, dtype, block, shuffle, sub)
 and numba specializes them per (kept dims, reduced dims).  On a GPU the default
 path launches the compiled kernel through ``cuda.core.launch`` with flat
@@ -57,12 +70,16 @@ class Settings:
     fast_launch = (not SIM) and os.environ.get("WNKERNELS_CUDA_LAUNCH", "") != "numba"
     sm_count = None                     # override the device's SM count (tests)
     fast_launch_error = None            # why the fast path was turned off, if it was
+    vector = not SIM                    # 16-byte vector kernels where aligned (see above)
+    trace = None                        # a list: kernel kinds launched are appended (tests)
 
 
-def configure(block=None, shuffle=None, cols_tx=None, fast_launch=None, sm_count=None):
+def configure(block=None, shuffle=None, cols_tx=None, fast_launch=None, sm_count=None,
+              vector=None):
     """Change `Settings` (``None`` leaves a knob as it is); returns the old values."""
     old = dict(block=Settings.block, shuffle=Settings.shuffle, cols_tx=Settings.cols_tx,
-               fast_launch=Settings.fast_launch, sm_count=Settings.sm_count)
+               fast_launch=Settings.fast_launch, sm_count=Settings.sm_count,
+               vector=Settings.vector)
     if block is not None:
         b = int(block)
         if b < 1 or b & (b - 1) or b > 1024:
@@ -78,6 +95,8 @@ def configure(block=None, shuffle=None, cols_tx=None, fast_launch=None, sm_count
         Settings.fast_launch = bool(fast_launch) and not SIM
     if sm_count is not None:  # 0 goes back to the device's own count
         Settings.sm_count = int(sm_count) or None
+    if vector is not None:
+        Settings.vector = bool(vector)
     return old
 
 
@@ -121,6 +140,24 @@ def choose(layout, block: int, nsm: int):
     if nrows < 2 * nsm and rowlen >= 16 * block:
         return "split", _nchunk(nrows, rowlen, block, nsm)
     return "block", 0
+
+
+def _vector_ok(layout, arrays) -> bool:
+    """True when the 16-byte vector kernels may run on layout ``arrays`` (ArrayInfo
+    in layout order, ``ptr`` at row 0 / element 0): each row is one contiguous
+    run (one reduced dim of stride 1) in every array, and starts 16-byte aligned
+    in every array (origin % 16 == 0, every kept stride a multiple of 16 bytes)."""
+    if not Settings.vector or layout.nrows == 0 or len(layout.red_shape) != 1:
+        return False
+    if layout.rowlen < 16 // arrays[0].itemsize:
+        return False
+    for k, a in enumerate(arrays):
+        if layout.red_strides[k][0] != 1 or _origin(layout, k, a) % 16:
+            return False
+        for n, st in zip(layout.kept_shape, layout.kept_strides[k]):
+            if n > 1 and (st * a.itemsize) % 16:
+                return False
+    return True
 
 
 def _nchunk(nrows, rowlen, block, nsm):
@@ -300,6 +337,8 @@ class _Launcher:
 
     def __call__(self, kind, dtype, sub, grid, args, nk, nr):
         grid = max(int(grid), 1)
+        if Settings.trace is not None:
+            Settings.trace.append(kind)
         key = (kind, dtype, self.block, self.shuffle, sub)
         if SIM:
             disp = _dispatcher(*key)
@@ -350,9 +389,11 @@ def _grid_rows(strategy, sub, nrows, block, nsm):
     return min(nrows, cap)
 
 
-def _split_plan(layout, block, nchunk):
+def _split_plan(layout, block, nchunk, vec=1):
+    """(nchunk, chunk): chunks of whole block-strides (of ``vec``-element vectors)."""
+    step = block * vec
     chunk = -(-layout.rowlen // nchunk)
-    chunk = -(-chunk // block) * block           # whole block-strides per chunk
+    chunk = -(-chunk // step) * step
     nchunk = -(-layout.rowlen // chunk)
     return nchunk, chunk
 
@@ -373,18 +414,20 @@ def forward(layout, v, g, g_stride, w, norms, eps, strategy=None):
     rs, (vrs, wrs) = _pad(layout.red_shape, layout.red_strides[:2])
     nk, nr = len(ks), len(rs)
     strat, sub = _pick(layout, L, strategy)
+    vec = strat != "cols" and _vector_ok(layout, (v, w))
+    x = "v" if vec else ""
     eps = float(eps)
     if strat == "split":
-        nchunk, chunk = _split_plan(layout, L.block, sub)
+        nchunk, chunk = _split_plan(layout, L.block, sub, K.vec_width(dt) if vec else 1)
         P = _workspace(v, dt, nrows * nchunk)
-        L("fwd_part", dt, 0, nrows * nchunk,
+        L(f"fwd_{x}part", dt, 0, nrows * nchunk,
           (V, vb, P, nrows, rowlen, nchunk, chunk, ks, vks, rs, vrs), nk, nr)
-        L("fwd_finish", dt, 0, nrows * nchunk,
+        L(f"fwd_{x}finish", dt, 0, nrows * nchunk,
           (V, vb, W, wb, G, gb, g_stride, N, P, eps, nrows, rowlen, nchunk, chunk,
            ks, vks, wks, rs, vrs, wrs), nk, nr)
         return
     grid = _grid_rows(strat, sub, nrows, L.block, L.nsm)
-    L("fwd_" + strat, dt, sub, grid,
+    L(f"fwd_{x}{strat}", dt, sub, grid,
       (V, vb, W, wb, G, gb, g_stride, N, eps, nrows, rowlen, ks, vks, wks, rs, vrs, wrs),
       nk, nr)
 
@@ -406,19 +449,21 @@ def backward(layout, grad_w, v, g, g_stride, norms, norms_stride, grad_v, grad_g
     rs, (vrs, gwrs, gvrs) = _pad(layout.red_shape, layout.red_strides[:3])
     nk, nr = len(ks), len(rs)
     strat, sub = _pick(layout, L, strategy)
+    vec = strat != "cols" and _vector_ok(layout, (v, grad_w, grad_v))
+    x = "v" if vec else ""
     if strat == "split":
-        nchunk, chunk = _split_plan(layout, L.block, sub)
+        nchunk, chunk = _split_plan(layout, L.block, sub, K.vec_width(dt) if vec else 1)
         P = _workspace(v, dt, nrows * nchunk)
-        L("bwd_part", dt, 0, nrows * nchunk,
+        L(f"bwd_{x}part", dt, 0, nrows * nchunk,
           (GW, gwb, V, vb, P, nrows, rowlen, nchunk, chunk, ks, gwks, vks, rs, gwrs, vrs),
           nk, nr)
-        L("bwd_finish", dt, 0, nrows * nchunk,
+        L(f"bwd_{x}finish", dt, 0, nrows * nchunk,
           (GW, gwb, V, vb, GV, gvb, G, gb, g_stride, N, nb, norms_stride, GG, P,
            nrows, rowlen, nchunk, chunk, ks, gwks, vks, gvks, rs, gwrs, vrs, gvrs),
           nk, nr)
         return
     grid = _grid_rows(strat, sub, nrows, L.block, L.nsm)
-    L("bwd_" + strat, dt, sub, grid,
+    L(f"bwd_{x}{strat}", dt, sub, grid,
       (GW, gwb, V, vb, GV, gvb, G, gb, g_stride, N, nb, norms_stride, GG,
        nrows, rowlen, ks, gwks, vks, gvks, rs, gwrs, vrs, gvrs), nk, nr)
 
