@@ -37,13 +37,30 @@ typedef float wn_v16f __attribute__((vector_size(64), aligned(4)));
  * they are added into the float64 lanes. */
 #define WN_HALF_FLUSH 16
 
-/* acc[j] += lane j of (a0 | a1), j = 0..31. */
-WN_INLINE void wn_lanes_flush(double *acc, wn_v16f a0, wn_v16f a1)
+typedef int64_t wn_v8i __attribute__((vector_size(64)));
+
+/* Lanes 0..31 (four 8-double vectors) += the float32 lanes of (a0 | a1). */
+WN_INLINE void wn_lanes_flush(wn_v8d *a, wn_v16f a0, wn_v16f a1)
 {
     float f[32];
     memcpy(f, &a0, sizeof a0);
     memcpy(f + 16, &a1, sizeof a1);
-    for (int j = 0; j < 32; j++) acc[j] += (double)f[j];
+    for (int k = 0; k < 4; k++) {
+        wn_v8f x;
+        memcpy(&x, f + 8 * k, sizeof x);
+        a[k] += __builtin_convertvector(x, wn_v8d);
+    }
+}
+
+/* wn_lanes_total on lanes held in registers: the same pairwise tree. */
+WN_INLINE double wn_v8d_total(const wn_v8d *a)
+{
+    wn_v8d s = a[0] + a[2], t = a[1] + a[3];
+    s += t;
+    s += __builtin_shuffle(s, (wn_v8i){4, 5, 6, 7, 4, 5, 6, 7});
+    s += __builtin_shuffle(s, (wn_v8i){2, 3, 2, 3, 2, 3, 2, 3});
+    s += __builtin_shuffle(s, (wn_v8i){1, 1, 1, 1, 1, 1, 1, 1});
+    return s[0];
 }
 
 WN_INLINE wn_v8d wn_v8d_from_f32(const float *f)

@@ -36,53 +36,103 @@
 
 /* ---- runs along one strided dim (the vectorized inner loops) ---------- */
 
+/* Contiguous runs into the 32 lanes held as four 8-double vectors (element
+ * i of the run goes to lane i % 32).  Kept in registers by the callers: an
+ * in-memory lane array costs a store-forwarding chain per step. */
+WN_INLINE void FN(vsumsq)(wn_v8d *restrict a, const T *restrict x, int64_t n)
+{
+    int64_t i = 0;
+#if WN_HALF
+    /* 16-bit inputs: a square (and a product) is exact in float32, so the
+     * lanes accumulate in float32 and are flushed into the float64 lanes
+     * every WN_HALF_FLUSH steps: half the conversion work, error at most
+     * WN_HALF_FLUSH * 2^-24 relative per flush. */
+    while (i + WN_LANES <= n) {
+        wn_v16f a0 = {0}, a1 = {0};
+        for (int k = 0; k < WN_HALF_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES) {
+            float f[WN_LANES];
+            VLOAD16(f, x + i);
+            VLOAD16(f + 16, x + i + 16);
+            wn_v16f t0, t1;
+            memcpy(&t0, f, sizeof t0);
+            memcpy(&t1, f + 16, sizeof t1);
+            a0 += t0 * t0;
+            a1 += t1 * t1;
+        }
+        wn_lanes_flush(a, a0, a1);
+    }
+#else
+    for (; i + WN_LANES <= n; i += WN_LANES) {
+        CT f[WN_LANES];
+        VLOAD16(f, x + i);
+        VLOAD16(f + 16, x + i + 16);
+        for (int k = 0; k < 4; k++) {
+            wn_v8d t = TOV8D(f + 8 * k);
+            a[k] += t * t;
+        }
+    }
+#endif
+    for (int j = 0; i < n; i++, j++) {
+        double t = LDD(x[i]);
+        a[j >> 3][j & 7] += t * t;
+    }
+}
+
+WN_INLINE void FN(vdot)(wn_v8d *restrict acc, const T *restrict a,
+                        const T *restrict b, int64_t n)
+{
+    int64_t i = 0;
+#if WN_HALF
+    while (i + WN_LANES <= n) {
+        wn_v16f a0 = {0}, a1 = {0};
+        for (int k = 0; k < WN_HALF_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES) {
+            float fa[WN_LANES], fb[WN_LANES];
+            VLOAD16(fa, a + i);
+            VLOAD16(fa + 16, a + i + 16);
+            VLOAD16(fb, b + i);
+            VLOAD16(fb + 16, b + i + 16);
+            wn_v16f x0, x1, y0, y1;
+            memcpy(&x0, fa, sizeof x0);
+            memcpy(&x1, fa + 16, sizeof x1);
+            memcpy(&y0, fb, sizeof y0);
+            memcpy(&y1, fb + 16, sizeof y1);
+            a0 += x0 * y0;
+            a1 += x1 * y1;
+        }
+        wn_lanes_flush(acc, a0, a1);
+    }
+#else
+    for (; i + WN_LANES <= n; i += WN_LANES) {
+        CT fa[WN_LANES], fb[WN_LANES];
+        VLOAD16(fa, a + i);
+        VLOAD16(fa + 16, a + i + 16);
+        VLOAD16(fb, b + i);
+        VLOAD16(fb + 16, b + i + 16);
+        for (int k = 0; k < 4; k++)
+            acc[k] += TOV8D(fa + 8 * k) * TOV8D(fb + 8 * k);
+    }
+#endif
+    for (int j = 0; i < n; i++, j++)
+        acc[j >> 3][j & 7] += LDD(a[i]) * LDD(b[i]);
+}
+
+/* Strided or contiguous run into the lane array `acc` (same lane rule). */
 WN_INLINE void FN(lane_sumsq)(double *restrict acc, const T *restrict x,
                               int64_t n, int64_t s)
 {
-    int64_t i = 0;
     if (s == 1) {
-#if WN_HALF
-        /* 16-bit inputs: a square (and a product) is exact in float32, so
-         * the 32 lanes accumulate in float32 registers and are flushed into
-         * the float64 lanes every WN_HALF_FLUSH steps: half the conversion
-         * work of float64 lanes, error <= WN_HALF_FLUSH * 2^-24 per flush. */
-        while (i + WN_LANES <= n) {
-            wn_v16f a0 = {0}, a1 = {0};
-            for (int k = 0; k < WN_HALF_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES) {
-                float f[WN_LANES];
-                VLOAD16(f, x + i);
-                VLOAD16(f + 16, x + i + 16);
-                wn_v16f t0, t1;
-                memcpy(&t0, f, sizeof t0);
-                memcpy(&t1, f + 16, sizeof t1);
-                a0 += t0 * t0;
-                a1 += t1 * t1;
-            }
-            wn_lanes_flush(acc, a0, a1);
-        }
-#else
-        /* The 32 lanes as four 8-double vectors held in registers (a lane
-         * array would live in memory: a store-forwarding chain per step). */
         wn_v8d a[4];
         memcpy(a, acc, sizeof a);
-        for (; i + WN_LANES <= n; i += WN_LANES) {
-            CT f[WN_LANES];
-            VLOAD16(f, x + i);
-            VLOAD16(f + 16, x + i + 16);
-            for (int k = 0; k < 4; k++) {
-                wn_v8d t = TOV8D(f + 8 * k);
-                a[k] += t * t;
-            }
-        }
+        FN(vsumsq)(a, x, n);
         memcpy(acc, a, sizeof a);
-#endif
-    } else {
-        for (; i + WN_LANES <= n; i += WN_LANES)
-            for (int j = 0; j < WN_LANES; j++) {
-                double t = LDD(x[(i + j) * s]);
-                acc[j] += t * t;
-            }
+        return;
     }
+    int64_t i = 0;
+    for (; i + WN_LANES <= n; i += WN_LANES)
+        for (int j = 0; j < WN_LANES; j++) {
+            double t = LDD(x[(i + j) * s]);
+            acc[j] += t * t;
+        }
     for (int j = 0; i < n; i++, j++) {
         double t = LDD(x[i * s]);
         acc[j] += t * t;
@@ -93,46 +143,17 @@ WN_INLINE void FN(lane_dot)(double *restrict acc, const T *restrict a,
                             int64_t sa, const T *restrict b, int64_t sb,
                             int64_t n)
 {
-    int64_t i = 0;
     if (sa == 1 && sb == 1) {
-#if WN_HALF
-        while (i + WN_LANES <= n) {
-            wn_v16f a0 = {0}, a1 = {0};
-            for (int k = 0; k < WN_HALF_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES) {
-                float fa[WN_LANES], fb[WN_LANES];
-                VLOAD16(fa, a + i);
-                VLOAD16(fa + 16, a + i + 16);
-                VLOAD16(fb, b + i);
-                VLOAD16(fb + 16, b + i + 16);
-                wn_v16f x0, x1, y0, y1;
-                memcpy(&x0, fa, sizeof x0);
-                memcpy(&x1, fa + 16, sizeof x1);
-                memcpy(&y0, fb, sizeof y0);
-                memcpy(&y1, fb + 16, sizeof y1);
-                a0 += x0 * y0;
-                a1 += x1 * y1;
-            }
-            wn_lanes_flush(acc, a0, a1);
-        }
-#else
         wn_v8d la[4];
         memcpy(la, acc, sizeof la);
-        for (; i + WN_LANES <= n; i += WN_LANES) {
-            CT fa[WN_LANES], fb[WN_LANES];
-            VLOAD16(fa, a + i);
-            VLOAD16(fa + 16, a + i + 16);
-            VLOAD16(fb, b + i);
-            VLOAD16(fb + 16, b + i + 16);
-            for (int k = 0; k < 4; k++)
-                la[k] += TOV8D(fa + 8 * k) * TOV8D(fb + 8 * k);
-        }
+        FN(vdot)(la, a, b, n);
         memcpy(acc, la, sizeof la);
-#endif
-    } else {
-        for (; i + WN_LANES <= n; i += WN_LANES)
-            for (int j = 0; j < WN_LANES; j++)
-                acc[j] += LDD(a[(i + j) * sa]) * LDD(b[(i + j) * sb]);
+        return;
     }
+    int64_t i = 0;
+    for (; i + WN_LANES <= n; i += WN_LANES)
+        for (int j = 0; j < WN_LANES; j++)
+            acc[j] += LDD(a[(i + j) * sa]) * LDD(b[(i + j) * sb]);
     for (int j = 0; i < n; i++, j++)
         acc[j] += LDD(a[i * sa]) * LDD(b[i * sb]);
 }
@@ -367,9 +388,9 @@ static void FN(fwd_rows)(const wn_layout *L, const T *v, const T *g,
             const int64_t n = L->rowlen;
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < L->nrows; r++) {
-                double acc[WN_LANES] = {0};
-                FN(lane_sumsq)(acc, v + r * sv, n, 1);
-                CT scale = FN(fwd_row_scalars)(wn_lanes_total(acc), eps,
+                wn_v8d acc[4] = {{0}};
+                FN(vsumsq)(acc, v + r * sv, n);
+                CT scale = FN(fwd_row_scalars)(wn_v8d_total(acc), eps,
                                                g[r * gs], &norms[r]);
                 FN(scale_run)(w + r * sw, 1, v + r * sv, 1, n, scale, nt);
             }
@@ -431,10 +452,10 @@ static void FN(bwd_rows)(const wn_layout *L, const T *v, const T *gw,
             const int64_t n = L->rowlen;
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < L->nrows; r++) {
-                double acc[WN_LANES] = {0};
-                FN(lane_dot)(acc, v + r * sv, 1, gw + r * sgw, 1, n);
+                wn_v8d acc[4] = {{0}};
+                FN(vdot)(acc, v + r * sv, gw + r * sgw, n);
                 BT a, b;
-                FN(bwd_row_scalars)(wn_lanes_total(acc), norms[r * ns],
+                FN(bwd_row_scalars)(wn_v8d_total(acc), norms[r * ns],
                                     g[r * gs], &grad_g[r], &a, &b);
                 FN(bwd_run)(gv + r * sgv, 1, gw + r * sgw, 1, v + r * sv, 1, n,
                             a, b, nt);

@@ -51,11 +51,11 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define T float
 #define NT float
 #define CT float
-#define BT double
+#define BT float
 #define LDD(x) ((double)(x))
 #define LDF(x) (x)
 #define STF(y) (y)
-#define LDB(x) ((double)(x))
+#define LDB(x) (x)
 #define STB(y) ((float)(y))
 #include "wn_impl.h"
 #undef FN
