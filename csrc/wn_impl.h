@@ -32,7 +32,9 @@
  */
 
 #define WN_BUFBYTES 1024
-#define WN_COLBLK 1024
+#define WN_COLBLK 4096      /* widest column block (a 16 KiB run of float32) */
+#define WN_COLBLK_MIN 64    /* column block if the scratch allocation fails */
+#define WN_COLSCR 9         /* scratch doubles per column of a block */
 
 /* ---- runs along one strided dim (the vectorized inner loops) ---------- */
 
@@ -522,13 +524,14 @@ WN_INLINE void FN(col_flush)(double *restrict acc, double *restrict sum,
  * combine the same per-superchunk values in the same order. */
 static void FN(col_total)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
                           int64_t nc, int64_t s0, int64_t s1, const T *v,
-                          const T *gw, double *restrict out)
+                          const T *gw, double *restrict scr, double *restrict out)
 {
     const int K = L->kept_ndim, narr = gw ? 2 : 1;
     const int64_t cv = L->kept_stride[0][K - 1];
     const int64_t cg = gw ? L->kept_stride[1][K - 1] : 0;
-    double acc[WN_COLBLK], sum[WN_COLBLK], comp[WN_COLBLK];
-    wn_ksum tot[WN_COLBLK];
+    /* scratch: 5 * nc doubles (plain lanes, chunk Neumaier pair, total pair) */
+    double *restrict acc = scr, *restrict sum = scr + nc, *restrict comp = scr + 2 * nc;
+    wn_ksum *restrict tot = (wn_ksum *)(scr + 3 * nc);
     int64_t base[2];
     wn_row_offsets(L, narr, r0, base);
     for (int64_t c = 0; c < nc; c++) tot[c].sum = tot[c].comp = 0.0;
@@ -615,8 +618,12 @@ static void FN(cols)(const wn_layout *L, const T *v, const T *gw, const T *g,
                      int nt)
 {
     const int bwd = gw != NULL;
-    const wn_colgeom G = wn_colgeom_make(L, sizeof(T), bwd ? 2 : 1,
-                                         wn_col_budget, WN_COLBLK);
+    /* Per-thread scratch on the heap (column blocks are wide: a few hundred
+     * KiB would be unkind to small thread stacks); if that allocation
+     * fails, narrow blocks on the stack.  Block width never changes bits. */
+    double *scratch = malloc(sizeof(double) * WN_COLSCR * WN_COLBLK * nth);
+    const wn_colgeom G = wn_colgeom_make(L, sizeof(T), bwd ? 2 : 1, wn_col_budget,
+                                         scratch ? WN_COLBLK : WN_COLBLK_MIN);
     const int64_t units = G.nouter * G.nblk;
     double *part = NULL;
     void *scal = NULL;
@@ -628,15 +635,18 @@ static void FN(cols)(const wn_layout *L, const T *v, const T *gw, const T *g,
 
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
+        double small[WN_COLSCR * WN_COLBLK_MIN];
+        double *scr = scratch ? scratch + (size_t)wn_thread_num() * WN_COLSCR * WN_COLBLK
+                              : small;
+        double *tot = scr + 5 * G.cb;
         if (!part) {
+            CT *scale = (CT *)(scr + 6 * G.cb);
+            BT *ca = (BT *)(scr + 7 * G.cb), *cb = (BT *)(scr + 8 * G.cb);
 #pragma omp for schedule(static)
             for (int64_t u = 0; u < units; u++) {
                 const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
                 const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
-                double tot[WN_COLBLK];
-                CT scale[WN_COLBLK];
-                BT ca[WN_COLBLK], cb[WN_COLBLK];
-                FN(col_total)(L, &G, r0, nc, 0, G.nsc, v, gw, tot);
+                FN(col_total)(L, &G, r0, nc, 0, G.nsc, v, gw, scr, tot);
                 for (int64_t c = 0; c < nc; c++) {
                     const int64_t r = r0 + c;
                     if (bwd)
@@ -649,16 +659,20 @@ static void FN(cols)(const wn_layout *L, const T *v, const T *gw, const T *g,
                 FN(col_apply)(L, &G, r0, nc, 0, G.nsc, v, w, scale, gw, gv, ca, cb, nt);
             }
         } else {
+            /* Each thread's share of the items, walked forwards in pass 1
+             * and backwards in pass 3: its last reads are its first
+             * re-reads, while they are still in cache. */
             const int64_t nitems = units * G.nsc;
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < nitems; i++) {
+            const int tid = wn_thread_num(), nteam = wn_num_threads();
+            const int64_t lo = nitems * tid / nteam, hi = nitems * (tid + 1) / nteam;
+            for (int64_t i = lo; i < hi; i++) {
                 const int64_t u = i / G.nsc, s = i % G.nsc;
                 const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
                 const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
-                double tot[WN_COLBLK];
-                FN(col_total)(L, &G, r0, nc, s, s + 1, v, gw, tot);
+                FN(col_total)(L, &G, r0, nc, s, s + 1, v, gw, scr, tot);
                 for (int64_t c = 0; c < nc; c++) part[s * L->nrows + r0 + c] = tot[c];
             }
+#pragma omp barrier
             CT *scale = (CT *)scal;
             BT *ca = (BT *)scal, *cb = (BT *)scal + L->nrows;
 #pragma omp for schedule(static)
@@ -672,8 +686,7 @@ static void FN(cols)(const wn_layout *L, const T *v, const T *gw, const T *g,
                     scale[r] = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
                                                    g[r * gs], (NT *)norms_out + r);
             }
-#pragma omp for schedule(static)
-            for (int64_t i = nitems - 1; i >= 0; i--) {
+            for (int64_t i = hi - 1; i >= lo; i--) {
                 const int64_t u = i / G.nsc, s = i % G.nsc;
                 const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
                 const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
@@ -685,6 +698,7 @@ static void FN(cols)(const wn_layout *L, const T *v, const T *gw, const T *g,
     }
     free(part);
     free(scal);
+    free(scratch);
 }
 
 /* ---- entry points for this (ISA, dtype) -------------------------------- */
