@@ -33,24 +33,8 @@ typedef float wn_v8f __attribute__((vector_size(32), aligned(4)));
 
 typedef float wn_v16f __attribute__((vector_size(64), aligned(4)));
 
-/* Half types: steps of 32 elements accumulated in float32 lanes before
- * they are added into the float64 lanes. */
-#define WN_HALF_FLUSH 16
 
 typedef int64_t wn_v8i __attribute__((vector_size(64)));
-
-/* Lanes 0..31 (four 8-double vectors) += the float32 lanes of (a0 | a1). */
-WN_INLINE void wn_lanes_flush(wn_v8d *a, wn_v16f a0, wn_v16f a1)
-{
-    float f[32];
-    memcpy(f, &a0, sizeof a0);
-    memcpy(f + 16, &a1, sizeof a1);
-    for (int k = 0; k < 4; k++) {
-        wn_v8f x;
-        memcpy(&x, f + 8 * k, sizeof x);
-        a[k] += __builtin_convertvector(x, wn_v8d);
-    }
-}
 
 /* wn_lanes_total on lanes held in registers: the same pairwise tree. */
 WN_INLINE double wn_v8d_total(const wn_v8d *a)

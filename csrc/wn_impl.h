@@ -7,6 +7,7 @@
  *   LDD(x)    T -> double (accumulation; exact for every T)
  *   LDF(x)    T -> CT        STF(y)   CT -> T
  *   LDB(x)    T -> BT        STB(y)   BT -> T
+ *   WN_FLUSH    0: float64 lanes; k > 0: float32 lanes flushed every k steps
  *   TOV8D(const CT *f)           8 consecutive CT values as a wn_v8d vector
  *   VLOAD16(CT *f, const T *p)   16 contiguous elements -> CT
  *   VSTORE16(T *p, const CT *f)  16 CT values -> contiguous elements
@@ -38,20 +39,33 @@
 
 /* ---- runs along one strided dim (the vectorized inner loops) ---------- */
 
+#if WN_FLUSH
+/* Lanes 0..31 (four 8-double vectors) += the float32 lanes of (a0 | a1). */
+WN_INLINE void FN(flush)(wn_v8d *restrict a, wn_v16f a0, wn_v16f a1)
+{
+    float f[32];
+    memcpy(f, &a0, sizeof a0);
+    memcpy(f + 16, &a1, sizeof a1);
+    for (int k = 0; k < 4; k++) a[k] += TOV8D(f + 8 * k);
+}
+#endif
+
 /* Contiguous runs into the 32 lanes held as four 8-double vectors (element
  * i of the run goes to lane i % 32).  Kept in registers by the callers: an
  * in-memory lane array costs a store-forwarding chain per step. */
 WN_INLINE void FN(vsumsq)(wn_v8d *restrict a, const T *restrict x, int64_t n)
 {
     int64_t i = 0;
-#if WN_HALF
-    /* 16-bit inputs: a square (and a product) is exact in float32, so the
-     * lanes accumulate in float32 and are flushed into the float64 lanes
-     * every WN_HALF_FLUSH steps: half the conversion work, error at most
-     * WN_HALF_FLUSH * 2^-24 relative per flush. */
+#if WN_FLUSH
+    /* float32 and 16-bit inputs: the lanes accumulate in float32 for
+     * WN_FLUSH steps of 32 elements, then are added into the float64
+     * lanes.  A float32 partial of k positive terms is within about
+     * (k + 1) * 2^-24 of its exact value (products of 16-bit values are
+     * exact, so k * 2^-24 there), which keeps norms well inside the 1e-6
+     * bound at a fraction of the conversion work of float64 lanes. */
     while (i + WN_LANES <= n) {
         wn_v16f a0 = {0}, a1 = {0};
-        for (int k = 0; k < WN_HALF_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES) {
+        for (int k = 0; k < WN_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES) {
             float f[WN_LANES];
             VLOAD16(f, x + i);
             VLOAD16(f + 16, x + i + 16);
@@ -61,7 +75,7 @@ WN_INLINE void FN(vsumsq)(wn_v8d *restrict a, const T *restrict x, int64_t n)
             a0 += t0 * t0;
             a1 += t1 * t1;
         }
-        wn_lanes_flush(a, a0, a1);
+        FN(flush)(a, a0, a1);
     }
 #else
     for (; i + WN_LANES <= n; i += WN_LANES) {
@@ -84,10 +98,10 @@ WN_INLINE void FN(vdot)(wn_v8d *restrict acc, const T *restrict a,
                         const T *restrict b, int64_t n)
 {
     int64_t i = 0;
-#if WN_HALF
+#if WN_FLUSH
     while (i + WN_LANES <= n) {
         wn_v16f a0 = {0}, a1 = {0};
-        for (int k = 0; k < WN_HALF_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES) {
+        for (int k = 0; k < WN_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES) {
             float fa[WN_LANES], fb[WN_LANES];
             VLOAD16(fa, a + i);
             VLOAD16(fa + 16, a + i + 16);
@@ -101,7 +115,7 @@ WN_INLINE void FN(vdot)(wn_v8d *restrict acc, const T *restrict a,
             a0 += x0 * y0;
             a1 += x1 * y1;
         }
-        wn_lanes_flush(acc, a0, a1);
+        FN(flush)(acc, a0, a1);
     }
 #else
     for (; i + WN_LANES <= n; i += WN_LANES) {

@@ -44,7 +44,10 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #endif
 #define TOV8D(f) TOV8D_F32(f)
 
-#define WN_HALF 0
+/* float32: float32 lanes flushed every 4 steps (relative error of a
+ * partial <= 5 * 2^-24); float64: float64 lanes; 16-bit types: products
+ * are exact in float32, flushed every 16 steps (<= 16 * 2^-24). */
+#define WN_FLUSH 4
 
 /* float32 */
 #define FN(name) WN_CAT(name, f32, ISA)
@@ -70,6 +73,8 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef STB
 
 /* float64 */
+#undef WN_FLUSH
+#define WN_FLUSH 0
 #undef TOV8D
 #define TOV8D(f) wn_v8d_from_f64(f)
 #define FN(name) WN_CAT(name, f64, ISA)
@@ -97,8 +102,8 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef TOV8D
 #define TOV8D(f) TOV8D_F32(f)
 
-#undef WN_HALF
-#define WN_HALF 1
+#undef WN_FLUSH
+#define WN_FLUSH 16
 
 /* float16 (IEEE binary16 bit patterns), computed in float32 */
 #define FN(name) WN_CAT(name, f16, ISA)
@@ -181,7 +186,7 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef STB
 
 #undef STREAM
-#undef WN_HALF
+#undef WN_FLUSH
 #undef TOV8D
 #undef TOV8D_F32
 #undef VLOAD16
