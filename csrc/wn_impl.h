@@ -33,6 +33,7 @@
  */
 
 #define WN_BUFBYTES 1024
+#define WN_ROWBATCH 8       /* short rows: rows whose scalars are formed together */
 #define WN_COLBLK 4096      /* widest column block (a 16 KiB run of float32) */
 #define WN_COLBLK_MIN 64    /* column block if the scratch allocation fails */
 #define WN_COLSCR 9         /* scratch doubles per column of a block */
@@ -402,13 +403,28 @@ static void FN(fwd_rows)(const wn_layout *L, const T *v, const T *g,
             const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
             const int64_t sw = L->kept_ndim ? L->kept_stride[1][0] : 0;
             const int64_t n = L->rowlen;
+            /* Rows in batches of WN_ROWBATCH: all sums first, then all
+             * square roots and divisions (independent, so they pipeline
+             * instead of each row waiting on its own sqrt -> divide chain),
+             * then the scaling while the batch is still in L1. */
+            const int64_t nbatch = (L->nrows + WN_ROWBATCH - 1) / WN_ROWBATCH;
 #pragma omp for schedule(static)
-            for (int64_t r = 0; r < L->nrows; r++) {
-                wn_v8d acc[4] = {{0}};
-                FN(vsumsq)(acc, v + r * sv, n);
-                CT scale = FN(fwd_row_scalars)(wn_v8d_total(acc), eps,
-                                               g[r * gs], &norms[r]);
-                FN(scale_run)(w + r * sw, 1, v + r * sv, 1, n, scale, nt);
+            for (int64_t bt = 0; bt < nbatch; bt++) {
+                const int64_t r0 = bt * WN_ROWBATCH;
+                const int nb = L->nrows - r0 < WN_ROWBATCH ? (int)(L->nrows - r0) : WN_ROWBATCH;
+                double tot[WN_ROWBATCH];
+                CT scale[WN_ROWBATCH];
+                for (int k = 0; k < nb; k++) {
+                    wn_v8d acc[4] = {{0}};
+                    FN(vsumsq)(acc, v + (r0 + k) * sv, n);
+                    tot[k] = wn_v8d_total(acc);
+                }
+                for (int k = 0; k < nb; k++)
+                    scale[k] = FN(fwd_row_scalars)(tot[k], eps, g[(r0 + k) * gs],
+                                                   &norms[r0 + k]);
+                for (int k = 0; k < nb; k++)
+                    FN(scale_run)(w + (r0 + k) * sw, 1, v + (r0 + k) * sv, 1, n,
+                                  scale[k], nt);
             }
         } else if (!split) {
 #pragma omp for schedule(static)
@@ -466,15 +482,24 @@ static void FN(bwd_rows)(const wn_layout *L, const T *v, const T *gw,
             const int64_t sgw = L->kept_ndim ? L->kept_stride[1][0] : 0;
             const int64_t sgv = L->kept_ndim ? L->kept_stride[2][0] : 0;
             const int64_t n = L->rowlen;
+            const int64_t nbatch = (L->nrows + WN_ROWBATCH - 1) / WN_ROWBATCH;
 #pragma omp for schedule(static)
-            for (int64_t r = 0; r < L->nrows; r++) {
-                wn_v8d acc[4] = {{0}};
-                FN(vdot)(acc, v + r * sv, gw + r * sgw, n);
-                BT a, b;
-                FN(bwd_row_scalars)(wn_v8d_total(acc), norms[r * ns],
-                                    g[r * gs], &grad_g[r], &a, &b);
-                FN(bwd_run)(gv + r * sgv, 1, gw + r * sgw, 1, v + r * sv, 1, n,
-                            a, b, nt);
+            for (int64_t bt = 0; bt < nbatch; bt++) {
+                const int64_t r0 = bt * WN_ROWBATCH;
+                const int nb = L->nrows - r0 < WN_ROWBATCH ? (int)(L->nrows - r0) : WN_ROWBATCH;
+                double tot[WN_ROWBATCH];
+                BT a[WN_ROWBATCH], b[WN_ROWBATCH];
+                for (int k = 0; k < nb; k++) {
+                    wn_v8d acc[4] = {{0}};
+                    FN(vdot)(acc, v + (r0 + k) * sv, gw + (r0 + k) * sgw, n);
+                    tot[k] = wn_v8d_total(acc);
+                }
+                for (int k = 0; k < nb; k++)
+                    FN(bwd_row_scalars)(tot[k], norms[(r0 + k) * ns], g[(r0 + k) * gs],
+                                        &grad_g[r0 + k], &a[k], &b[k]);
+                for (int k = 0; k < nb; k++)
+                    FN(bwd_run)(gv + (r0 + k) * sgv, 1, gw + (r0 + k) * sgw, 1,
+                                v + (r0 + k) * sv, 1, n, a[k], b[k], nt);
             }
         } else if (!split) {
 #pragma omp for schedule(static)
