@@ -168,3 +168,37 @@ def test_fast_path_matches_and_still_validates():
     assert not mis.flags.aligned
     w2, n2 = wnkernels.weight_norm(mis, g, 0)
     assert w2.tobytes() == w0.tobytes() and n2.tobytes() == n0.tobytes()
+
+
+def test_fast_path_never_accepts_what_the_front_end_rejects():
+    """Plans are keyed on the arrays the kernels read; bfloat16 travels as
+    uint16 bits, so a uint16 call of the same shape must still fail."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    v = np.ones((8, 5), ml_dtypes.bfloat16)
+    g = np.ones((8, 1), ml_dtypes.bfloat16)
+    _cpu.forget_plans()
+    for _ in range(2):
+        wnkernels.weight_norm(v, g)
+    with pytest.raises(TypeError):
+        wnkernels.weight_norm(v.view(np.uint16), g.view(np.uint16))
+
+
+def test_torch_fast_path_matches_numpy():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(9)
+    v = rng.standard_normal((65, 33)).astype(np.float32)
+    g = rng.standard_normal((65, 1)).astype(np.float32)
+    gw = rng.standard_normal((65, 33)).astype(np.float32)
+    _cpu.forget_plans()
+    tv = torch.from_numpy(v).requires_grad_(True)
+    for _ in range(2):                           # validating path, then fast path
+        tw, tn = wnkernels.weight_norm(tv, torch.from_numpy(g))
+        tgv, tgg = wnkernels.weight_norm_backward(torch.from_numpy(gw), tv,
+                                                  torch.from_numpy(g), tn)
+        assert isinstance(tw, torch.Tensor) and isinstance(tgg, torch.Tensor)
+        w, n = wnkernels.weight_norm(v, g)
+        gv, gg = wnkernels.weight_norm_backward(gw, v, g, n)
+        assert tw.numpy().tobytes() == w.tobytes()
+        assert tgv.numpy().tobytes() == gv.tobytes()
+    with pytest.raises(TypeError):
+        wnkernels.weight_norm(tv, g)             # mixed torch / NumPy

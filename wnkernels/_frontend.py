@@ -417,6 +417,11 @@ def weight_norm(v, g, dim=0, *, eps=0.0, out=None):
         res = _fast_forward(v, g, dim, eps, _threads)
         if res is not None:
             return res
+        arrays = _torch_cpu_views(v, g)
+        if arrays is not None:
+            res = _fast_forward(*arrays, dim, eps, _threads)
+            if res is not None:
+                return _to_torch(res)
     return _weight_norm(v, g, dim, eps, out)
 
 
@@ -432,7 +437,46 @@ def weight_norm_backward(grad_w, v, g, norms, dim=0):
     res = _fast_backward(grad_w, v, g, norms, dim, _threads)
     if res is not None:
         return res
+    arrays = _torch_cpu_views(grad_w, v, g, norms)
+    if arrays is not None:
+        res = _fast_backward(*arrays, dim, _threads)
+        if res is not None:
+            return _to_torch(res)
     return _weight_norm_backward(grad_w, v, g, norms, dim)
+
+
+def _torch_cpu_views(*tensors):
+    """NumPy views of plain CPU torch tensors (float16/32/64), for the
+    remembered-plan fast path; None when any argument is something else."""
+    tt = _torch_tensor_type()
+    if tt is None:
+        return None
+    views = []
+    for t in tensors:
+        if not isinstance(t, tt) or t.device.type != "cpu" or t.is_conj() \
+                or t.is_neg() or t.dtype not in _TORCH_FAST_DTYPES():
+            return None
+        try:
+            views.append(t.detach().numpy())
+        except (RuntimeError, TypeError):
+            return None
+    return views
+
+
+def _to_torch(arrays):
+    from_numpy = sys.modules["torch"].from_numpy
+    return tuple(from_numpy(a) for a in arrays)
+
+
+_torch_fast_dtypes = None
+
+
+def _TORCH_FAST_DTYPES():
+    global _torch_fast_dtypes
+    if _torch_fast_dtypes is None:
+        torch = sys.modules["torch"]
+        _torch_fast_dtypes = (torch.float16, torch.float32, torch.float64)
+    return _torch_fast_dtypes
 
 
 def _weight_norm(v, g, dim, eps, out):
@@ -478,14 +522,15 @@ def _weight_norm(v, g, dim, eps, out):
         else:
             _cpu_ext.forward(_CODES[dtype], layout, _ptr(vi, layout, 0), gi.ptr,
                            g_stride, _ptr(oi, layout, 1), ni.ptr, eps, _threads)
-    if out is None and not g_copied and _fast_path_ok(dim, v, g):
+    if out is None and not g_copied and _fast_path_ok(dim, vi.base, gi.base):
         order = _axis_order(vi.strides)
+        vb, gb = vi.base, gi.base
         _cpu_ext.remember_forward(
-            (v.dtype, v.shape, v.strides, g.dtype, g.shape, g.strides, dim),
+            (vb.dtype, vb.shape, vb.strides, gb.dtype, gb.shape, gb.strides, dim),
             layout, _CODES[dtype], g_stride,
             [vi.shape[i] for i in order] if order else vi.shape,
-            np.argsort(order).tolist() if order else None, v.dtype,
-            norms.shape, norms.dtype)
+            np.argsort(order).tolist() if order else None, vb.dtype,
+            gb.shape, np.dtype(norm_dtype))
     return w, norms
 
 
@@ -520,16 +565,17 @@ def _weight_norm_backward(grad_w, v, g, norms, dim):
             _cpu_ext.backward(_CODES[dtype], layout, _ptr(gwi, layout, 1),
                             _ptr(vi, layout, 0), gi.ptr, g_stride, ni.ptr,
                             n_stride, _ptr(gvi, layout, 2), ggi.ptr, _threads)
-    if not copied and _fast_path_ok(dim, grad_w, v, g, norms):
+    bases = [i.base for i in (gwi, vi, gi, ni)]
+    if not copied and _fast_path_ok(dim, *bases):
         order = _axis_order(vi.strides)
+        gwb, vb, gb, nb = bases
         _cpu_ext.remember_backward(
-            (grad_w.dtype, grad_w.shape, grad_w.strides, v.dtype, v.shape,
-             v.strides, g.dtype, g.shape, g.strides, norms.dtype, norms.shape,
-             norms.strides, dim),
+            (gwb.dtype, gwb.shape, gwb.strides, vb.dtype, vb.shape, vb.strides,
+             gb.dtype, gb.shape, gb.strides, nb.dtype, nb.shape, nb.strides, dim),
             layout, _CODES[dtype], g_stride, n_stride,
             [vi.shape[i] for i in order] if order else vi.shape,
-            np.argsort(order).tolist() if order else None, v.dtype,
-            grad_g.shape)
+            np.argsort(order).tolist() if order else None, vb.dtype,
+            gb.shape)
     return grad_v, grad_g
 
 
@@ -538,12 +584,14 @@ _CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 
 def _fast_path_ok(dim, *arrays) -> bool:
     """Whether a validated call may be remembered for `_cpu.fast_forward` /
-    `fast_backward`: an int or None dim and plain native aligned NumPy inputs
-    (so nothing was converted or copied)."""
+    `fast_backward`: an int or None dim and the NumPy arrays the kernels
+    read (for torch inputs, their NumPy views) plain, native and aligned."""
     if dim is not None and type(dim) is not int:
         return False
+    # bfloat16 is handed to the kernels as uint16 bits: never key a plan on
+    # uint16 (a real uint16 call must still raise TypeError).
     return all(type(a) is np.ndarray and a.dtype.isnative and a.flags.aligned
-               for a in arrays)
+               and a.dtype.name in FLOAT_DTYPES for a in arrays)
 
 
 def _ptr(info: ArrayInfo, layout, a: int) -> int:
