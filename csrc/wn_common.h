@@ -186,6 +186,17 @@ WN_INLINE int wn_simple_rows(const wn_layout *L, int narr, const wn_rowgeom *G)
     return 1;
 }
 
+/* Rows per batch in the short-row path: as many as keep the batch's inputs
+ * within 16 KiB (half an L1), at most WN_ROWBATCH.  Batching changes no
+ * arithmetic. */
+#define WN_ROWBATCH 8
+
+WN_INLINE int wn_row_batch(int64_t n, int64_t itemsize, int ninputs)
+{
+    int64_t rb = (16 << 10) / (n * itemsize * ninputs + 1);
+    return rb < 1 ? 1 : rb > WN_ROWBATCH ? WN_ROWBATCH : (int)rb;
+}
+
 /* Iterator over the segments of one piece. */
 typedef struct {
     int64_t idx[WN_MAXDIM];

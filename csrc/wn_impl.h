@@ -33,7 +33,6 @@
  */
 
 #define WN_BUFBYTES 1024
-#define WN_ROWBATCH 8       /* short rows: rows whose scalars are formed together */
 #define WN_COLBLK 4096      /* widest column block (a 16 KiB run of float32) */
 #define WN_COLBLK_MIN 64    /* column block if the scratch allocation fails */
 #define WN_COLSCR 9         /* scratch doubles per column of a block */
@@ -371,15 +370,17 @@ WN_INLINE CT FN(fwd_row_scalars)(double sumsq, double eps, T g, NT *norm_out)
 }
 
 /* grad_g = dot / norm;  grad_v = a * grad_w - b * v with
- * a = g / norm,  b = g * grad_g / norm^2. */
+ * a = g / norm,  b = g * grad_g / norm^2 = a * grad_g / norm.
+ * In float64 with one division (1/norm): a few float64 ulps, far below the
+ * rounding to the output type for every type but float64 itself. */
 WN_INLINE void FN(bwd_row_scalars)(double dot, NT norm_in, T g, T *grad_g,
                                    BT *a, BT *b)
 {
-    double norm = (double)norm_in, gd = LDD(g);
-    double gg = dot / norm;
+    double inv = 1.0 / (double)norm_in, gd = LDD(g);
+    double gg = dot * inv, ad = gd * inv;
     *grad_g = STB((BT)gg);
-    *a = (BT)(gd / norm);
-    *b = (BT)(gd * gg / (norm * norm));
+    *a = (BT)ad;
+    *b = (BT)(ad * gg * inv);
 }
 
 /* ---- row mode drivers -------------------------------------------------- */
@@ -403,15 +404,16 @@ static void FN(fwd_rows)(const wn_layout *L, const T *v, const T *g,
             const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
             const int64_t sw = L->kept_ndim ? L->kept_stride[1][0] : 0;
             const int64_t n = L->rowlen;
-            /* Rows in batches of WN_ROWBATCH: all sums first, then all
-             * square roots and divisions (independent, so they pipeline
-             * instead of each row waiting on its own sqrt -> divide chain),
-             * then the scaling while the batch is still in L1. */
-            const int64_t nbatch = (L->nrows + WN_ROWBATCH - 1) / WN_ROWBATCH;
+            /* Rows in batches: all sums first, then all square roots and
+             * divisions (independent, so they pipeline instead of each row
+             * waiting on its own sqrt -> divide chain), then the scaling
+             * while the batch is still in L1 (which sizes the batch). */
+            const int rb = wn_row_batch(n, sizeof(T), 1);
+            const int64_t nbatch = (L->nrows + rb - 1) / rb;
 #pragma omp for schedule(static)
             for (int64_t bt = 0; bt < nbatch; bt++) {
-                const int64_t r0 = bt * WN_ROWBATCH;
-                const int nb = L->nrows - r0 < WN_ROWBATCH ? (int)(L->nrows - r0) : WN_ROWBATCH;
+                const int64_t r0 = bt * rb;
+                const int nb = L->nrows - r0 < rb ? (int)(L->nrows - r0) : rb;
                 double tot[WN_ROWBATCH];
                 CT scale[WN_ROWBATCH];
                 for (int k = 0; k < nb; k++) {
@@ -482,11 +484,12 @@ static void FN(bwd_rows)(const wn_layout *L, const T *v, const T *gw,
             const int64_t sgw = L->kept_ndim ? L->kept_stride[1][0] : 0;
             const int64_t sgv = L->kept_ndim ? L->kept_stride[2][0] : 0;
             const int64_t n = L->rowlen;
-            const int64_t nbatch = (L->nrows + WN_ROWBATCH - 1) / WN_ROWBATCH;
+            const int rb = wn_row_batch(n, sizeof(T), 2);
+            const int64_t nbatch = (L->nrows + rb - 1) / rb;
 #pragma omp for schedule(static)
             for (int64_t bt = 0; bt < nbatch; bt++) {
-                const int64_t r0 = bt * WN_ROWBATCH;
-                const int nb = L->nrows - r0 < WN_ROWBATCH ? (int)(L->nrows - r0) : WN_ROWBATCH;
+                const int64_t r0 = bt * rb;
+                const int nb = L->nrows - r0 < rb ? (int)(L->nrows - r0) : rb;
                 double tot[WN_ROWBATCH];
                 BT a[WN_ROWBATCH], b[WN_ROWBATCH];
                 for (int k = 0; k < nb; k++) {
