@@ -251,12 +251,6 @@ typedef struct {
     int64_t off[WN_MAXARR];
 } wn_redctr;
 
-WN_INLINE void wn_redctr_begin(int narr, wn_redctr *C)
-{
-    memset(C->idx, 0, sizeof(C->idx));
-    for (int a = 0; a < narr; a++) C->off[a] = 0;
-}
-
 WN_INLINE void wn_redctr_next(const wn_layout *L, int narr, wn_redctr *C)
 {
     for (int d = L->red_ndim - 1; d >= 0; d--) {

@@ -19,7 +19,6 @@ FLOAT_DTYPES = {
     "float32": "float32",
     "float64": "float64",
 }
-ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 
 @dataclass(eq=False)

@@ -40,15 +40,6 @@ class Layout:
     red_strides: Tuple[Shape, ...]   # per array: element strides over red_shape
     offsets: Tuple[int, ...]         # per array: element offset of (row 0, element 0)
 
-    @property
-    def narrays(self) -> int:
-        return len(self.offsets)
-
-    def is_rowwise(self, array: int = 0) -> bool:
-        """True when each row of `array` is one contiguous run of memory."""
-        return len(self.red_shape) <= 1 and (
-            not self.red_shape or self.red_strides[array][-1] == 1)
-
 
 def normalize_dim(dim, ndim: int) -> Tuple[int, ...]:
     """Kept axes as a sorted tuple of non-negative ints.
