@@ -1,0 +1,127 @@
+"""The CUDA path on a real GPU, through the public API.
+
+Skipped (module-level, with the reason) where torch has no CUDA device — CI
+has none; there the kernels run under the simulator (test_cuda_sim.py) and
+are compiled to PTX (test_cuda_ptx.py).  On a GPU machine this file checks
+torch CUDA tensors, numba device arrays and CuPy arrays against the float64
+reference and torch's own CUDA kernels, on every strategy's shapes and on
+strided layouts; same kind of array out on the same device; the caller's
+stream; bitwise repeatability.  (Written without a GPU at hand: the first
+GPU session must run it.)
+"""
+
+import numpy as np
+import pytest
+
+import zoo
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device (the simulator suite covers the kernels in CI)",
+                allow_module_level=True)
+
+import wnkernels  # noqa: E402
+
+DEV = "cuda"
+# (shape, dim): block rows, short rows (group), few long rows (split),
+# dim=-1 (cols), a middle axis, a tuple, the whole array.
+CASES = [((257, 1031), 0), ((4096, 64), 0), ((3, 100003), 0), ((33, 1031), -1),
+         ((6, 37, 9), 1), ((5, 7, 9), (0, 2)), ((17, 19), None), ((64, 4096), 0)]
+
+
+def _cuda(a, dtype):
+    """A float64 NumPy array as a CUDA tensor of `dtype` (values exact)."""
+    return torch.as_tensor(zoo.as_f64(a)).to(DEV, getattr(torch, dtype))
+
+
+def _layout(t, kind):
+    if kind == "C" or t.ndim < 2:
+        return t
+    if kind == "F":
+        return t.transpose(0, -1).contiguous().transpose(0, -1)
+    big = torch.empty(t.shape[:-1] + (2 * t.shape[-1],), dtype=t.dtype, device=t.device)
+    big[..., ::2] = t
+    return big[..., ::2]
+
+
+@pytest.mark.parametrize("kind", ["C", "F", "strided"])
+@pytest.mark.parametrize("dtype", zoo.DTYPES)
+@pytest.mark.parametrize("shape,dim", CASES)
+def test_torch_cuda_against_reference(shape, dim, dtype, kind):
+    rng = np.random.default_rng([len(shape), sum(shape), zoo.DTYPES.index(dtype)])
+    v = _layout(_cuda(zoo.random_values(rng, shape, "float64"), dtype), kind)
+    g = _cuda(zoo.g_for(rng, shape, dim, "float64"), dtype)
+    w, n = wnkernels.weight_norm(v, g, dim)
+    assert w.is_cuda and n.is_cuda and w.device == v.device
+    assert zoo.check_forward(w, n, v, g, dim, 0.0, dtype) is None
+    gw = _layout(_cuda(zoo.random_values(rng, shape, "float64", "grad"), dtype), kind)
+    gv, gg = wnkernels.weight_norm_backward(gw, v, g, n, dim)
+    assert gv.is_cuda and gg.is_cuda
+    assert zoo.check_backward(gv, gg, gw, v, g, n, dim, dtype) is None
+    # bitwise repeatable
+    w2, n2 = wnkernels.weight_norm(v, g, dim)
+    gv2, gg2 = wnkernels.weight_norm_backward(gw, v, g, n, dim)
+    for a, b in [(w, w2), (n, n2), (gv, gv2), (gg, gg2)]:
+        assert torch.equal(a.view(torch.uint8) if a.dtype == torch.bfloat16 else a,
+                           b.view(torch.uint8) if b.dtype == torch.bfloat16 else b)
+
+
+@pytest.mark.parametrize("dtype", zoo.DTYPES)
+@pytest.mark.parametrize("last", [False, True], ids=["dim0", "dimlast"])
+def test_close_to_torch_cuda(dtype, last):
+    rng = np.random.default_rng(5)
+    v = _cuda(zoo.random_values(rng, (513, 257), "float64"), dtype)
+    dim = 1 if last else 0
+    g = _cuda(zoo.g_for(rng, (513, 257), dim, "float64"), dtype)
+    w, n = wnkernels.weight_norm(v, g, dim)
+    tw, tn = torch._weight_norm_interface(v, g, dim)
+    torch.testing.assert_close(w, tw)
+    torch.testing.assert_close(n, tn)
+    gw = _cuda(zoo.random_values(rng, (513, 257), "float64", "grad"), dtype)
+    gv, gg = wnkernels.weight_norm_backward(gw, v, g, n, dim)
+    tgv, tgg = torch.ops.aten._weight_norm_interface_backward(gw, v, g, tn, dim)
+    torch.testing.assert_close(gv, tgv, rtol=2e-2 if dtype in zoo.HALF else 1e-5,
+                               atol=2e-2 if dtype in zoo.HALF else 1e-5)
+    torch.testing.assert_close(gg, tgg, rtol=2e-2 if dtype in zoo.HALF else 1e-5,
+                               atol=2e-2 if dtype in zoo.HALF else 1e-5)
+
+
+def test_runs_on_the_callers_stream():
+    rng = np.random.default_rng(6)
+    v = _cuda(zoo.random_values(rng, (1024, 4096), "float64"), "float32")
+    g = _cuda(zoo.g_for(rng, (1024, 4096), 0, "float64"), "float32")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        v2 = v * 2                      # queued on `side`; wnkernels must follow it
+        w, n = wnkernels.weight_norm(v2, g)
+    side.synchronize()
+    assert zoo.check_forward(w, n, v * 2, g, 0) is None
+
+
+def test_numba_device_arrays_in_numba_out():
+    cuda = pytest.importorskip("numba.cuda")
+    rng = np.random.default_rng(7)
+    v = zoo.random_values(rng, (65, 129), "float32")
+    g = zoo.g_for(rng, (65, 129), 0, "float32")
+    w, n = wnkernels.weight_norm(cuda.to_device(v), cuda.to_device(g))
+    assert cuda.is_cuda_array(w) and cuda.is_cuda_array(n)
+    assert zoo.check_forward(w.copy_to_host(), n.copy_to_host(), v, g, 0) is None
+
+
+def test_cupy_arrays_in_cupy_out():
+    cp = pytest.importorskip("cupy")
+    rng = np.random.default_rng(8)
+    v = zoo.random_values(rng, (65, 129), "float64")
+    g = zoo.g_for(rng, (65, 129), 0, "float64")
+    w, n = wnkernels.weight_norm(cp.asarray(v), cp.asarray(g))
+    assert isinstance(w, cp.ndarray) and isinstance(n, cp.ndarray)
+    assert zoo.check_forward(cp.asnumpy(w), cp.asnumpy(n), v, g, 0) is None
+
+
+def test_mixed_devices_and_kinds_are_rejected():
+    v = torch.ones(8, 4, device=DEV)
+    with pytest.raises(ValueError):
+        wnkernels.weight_norm(v, torch.ones(8, 1))          # CUDA v, CPU g
+    with pytest.raises(TypeError):
+        wnkernels.weight_norm(v, np.ones((8, 1), np.float32))
