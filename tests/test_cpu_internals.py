@@ -202,3 +202,15 @@ def test_torch_fast_path_matches_numpy():
         assert tgv.numpy().tobytes() == gv.tobytes()
     with pytest.raises(TypeError):
         wnkernels.weight_norm(tv, g)             # mixed torch / NumPy
+
+
+def test_out_that_overlaps_itself_is_rejected():
+    torch = pytest.importorskip("torch")
+    v = torch.ones(4, 3)
+    out = torch.zeros(1, 3).expand(4, 3)        # writable, every row aliased
+    with pytest.raises(ValueError, match="out"):
+        wnkernels.weight_norm(v, torch.ones(4, 1), out=out)
+    assert torch.count_nonzero(out) == 0
+    neg = torch.zeros(4, 3)._neg_view()
+    with pytest.raises(ValueError, match="out"):
+        wnkernels.weight_norm(v, torch.ones(4, 1), out=neg)

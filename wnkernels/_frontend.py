@@ -133,6 +133,9 @@ def _info(name: str, x) -> ArrayInfo:
         dtype_name = str(x.dtype).replace("torch.", "")
         t = x.detach()
         if t.is_conj() or t.is_neg():
+            if name == "out":   # resolving copies: writes would be lost
+                raise ValueError("out: a tensor with the negative/conjugate bit "
+                                 "set cannot be written in place")
             t = t.resolve_conj().resolve_neg()
         if dtype_name == "bfloat16":
             arr = t.view(sys.modules["torch"].int16).numpy().view(np.uint16)
@@ -498,6 +501,8 @@ def _weight_norm(v, g, dim, eps, out):
             raise ValueError(f"out: expected shape {vi.shape} (v's), got {oi.shape}")
         if oi.readonly:
             raise ValueError("out: array is read-only")
+        if oi.size and any(st == 0 and n > 1 for n, st in zip(oi.shape, oi.strides)):
+            raise ValueError(f"out: overlaps itself (zero stride; strides {oi.strides})")
         alias = oi.ptr == vi.ptr and oi.strides == vi.strides
         if not alias and _overlaps(oi, vi):
             raise ValueError("out: overlaps v without being v itself "
