@@ -214,3 +214,20 @@ def test_out_that_overlaps_itself_is_rejected():
     neg = torch.zeros(4, 3)._neg_view()
     with pytest.raises(ValueError, match="out"):
         wnkernels.weight_norm(v, torch.ones(4, 1), out=neg)
+
+
+def test_pool_makes_room_for_new_sizes(monkeypatch):
+    """Under its byte cap the pool drops unused buffers of old sizes, so a
+    new size is still pooled (and reused) while live results are kept."""
+    from wnkernels._frontend import _BufferPool
+    pool = _BufferPool()
+    monkeypatch.setattr(_BufferPool, "MAX_POOLED_BYTES", 3 << 20)
+    live = pool.get(1 << 20)                 # stays in use
+    for size in (1 << 20, (1 << 20) + 64, (1 << 20) + 128):
+        pool.get(size)                       # dropped right away
+    a = pool.get(2 << 20)
+    addr = a.__array_interface__["data"][0]
+    del a
+    assert pool.get(2 << 20).__array_interface__["data"][0] == addr
+    assert live.base is not None and any(
+        b is live.base for bufs in pool._bufs.values() for b in bufs)

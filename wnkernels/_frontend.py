@@ -272,13 +272,15 @@ class _BufferPool:
     ~6.5 ms of faults vs ~4.7 ms of kernel).  Buffers of at least `MIN_BYTES`
     are kept per exact size; one is reused when nothing but the pool refers to
     it (every view of an output keeps its base buffer alive, so a live result
-    is never handed out twice).  Free buffers kept are bounded by
-    `MAX_FREE_BYTES`; `wnkernels.empty_cache()` releases them.
+    is never handed out twice).  The pool holds at most `MAX_PER_SIZE`
+    buffers of a size and `MAX_POOLED_BYTES` in all; to make room for a new
+    size it drops buffers nobody uses, oldest sizes first.
+    `wnkernels.empty_cache()` releases everything.
     """
 
     MIN_BYTES = 1 << 20
     MAX_PER_SIZE = 4
-    MAX_FREE_BYTES = 1 << 30
+    MAX_POOLED_BYTES = 1 << 30
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -296,17 +298,32 @@ class _BufferPool:
                 if sys.getrefcount(raw) == 3:
                     return self._aligned(raw, nbytes)
             raw = np.empty(nbytes + 64, np.uint8)
-            if len(bufs) < self.MAX_PER_SIZE and \
-                    self._free_bytes_locked() + nbytes <= self.MAX_FREE_BYTES:
-                bufs.append(raw)
+            if len(bufs) < self.MAX_PER_SIZE:
+                self._make_room_locked(nbytes)
+                if self._pooled_bytes_locked() + nbytes <= self.MAX_POOLED_BYTES:
+                    # (re-inserted: making room drops emptied size lists)
+                    self._bufs.setdefault(nbytes, bufs).append(raw)
             return self._aligned(raw, nbytes)
+
+    def _make_room_locked(self, nbytes: int) -> None:
+        for size in list(self._bufs):
+            bufs = self._bufs[size]
+            i = 0
+            while i < len(bufs) and \
+                    self._pooled_bytes_locked() + nbytes > self.MAX_POOLED_BYTES:
+                if sys.getrefcount(bufs[i]) == 2:     # the list, the argument
+                    del bufs[i]
+                else:
+                    i += 1
+            if not bufs:
+                del self._bufs[size]
 
     @staticmethod
     def _aligned(raw: np.ndarray, nbytes: int) -> np.ndarray:
         off = (-raw.__array_interface__["data"][0]) % 64   # cache-line align
         return raw[off:off + nbytes]
 
-    def _free_bytes_locked(self) -> int:
+    def _pooled_bytes_locked(self) -> int:
         return sum(b.nbytes for bufs in self._bufs.values() for b in bufs)
 
     def clear(self) -> None:
