@@ -136,7 +136,10 @@ WN_INLINE void FN(vdot)(wn_v8d *restrict acc, const T *restrict a,
 WN_INLINE void FN(lane_sumsq)(double *restrict acc, const T *restrict x,
                               int64_t n, int64_t s)
 {
-    if (s == 1) {
+    /* Runs shorter than the lanes (e.g. the 3x3 taps of a ConvTranspose
+     * weight normalized over dim=1) only meet the tail below: skip moving
+     * the lanes through vector registers.  Same additions, same bits. */
+    if (s == 1 && n >= WN_LANES) {
         wn_v8d a[4];
         memcpy(a, acc, sizeof a);
         FN(vsumsq)(a, x, n);
@@ -159,7 +162,7 @@ WN_INLINE void FN(lane_dot)(double *restrict acc, const T *restrict a,
                             int64_t sa, const T *restrict b, int64_t sb,
                             int64_t n)
 {
-    if (sa == 1 && sb == 1) {
+    if (sa == 1 && sb == 1 && n >= WN_LANES) {
         wn_v8d la[4];
         memcpy(la, acc, sizeof la);
         FN(vdot)(la, a, b, n);
