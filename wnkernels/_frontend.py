@@ -348,14 +348,13 @@ def _empty_like(info: ArrayInfo, shape, dtype: str, like_strides: bool):
         obj = _cuda().empty(info, tuple(shape), dtype, strides)
         return obj, _cuda().info(obj)
     np_dtype = np.dtype(np.uint16 if dtype == "bfloat16" else dtype)
-    order = _axis_order(info.strides) if like_strides else None
-    dense = [shape[i] for i in order] if order else list(shape)
+    dense, perm = _dense_order(shape, info.strides) if like_strides else (shape, None)
     nbytes = np_dtype.itemsize
     for n in dense:
         nbytes *= n
     arr = _pool.get(nbytes).view(np_dtype).reshape(dense)
-    if order:
-        arr = arr.transpose(np.argsort(order))
+    if perm is not None:
+        arr = arr.transpose(perm)
     user = arr
     if info.kind == "torch":
         torch = sys.modules["torch"]
@@ -375,6 +374,16 @@ def _axis_order(strides):
     """Axes from slowest to fastest (stable), or None if already C order."""
     order = sorted(range(len(strides)), key=lambda i: -abs(strides[i]))
     return None if order == list(range(len(strides))) else order
+
+
+def _dense_order(shape, strides):
+    """(shape to allocate, axis permutation or None) for a dense output in
+    the axis order of an array with `strides`: allocate C-contiguous in the
+    returned shape, then transpose by the permutation."""
+    order = _axis_order(strides)
+    if order is None:
+        return tuple(shape), None
+    return tuple(shape[i] for i in order), tuple(np.argsort(order).tolist())
 
 
 def _dense_strides(info: ArrayInfo):
@@ -468,13 +477,14 @@ def weight_norm_backward(grad_w, v, g, norms, dim=0):
 def _torch_cpu_views(*tensors):
     """NumPy views of plain CPU torch tensors (float16/32/64), for the
     remembered-plan fast path; None when any argument is something else."""
-    tt = _torch_tensor_type()
-    if tt is None:
+    torch = sys.modules.get("torch")
+    if torch is None:
         return None
+    fast = (torch.float16, torch.float32, torch.float64)
     views = []
     for t in tensors:
-        if not isinstance(t, tt) or t.device.type != "cpu" or t.is_conj() \
-                or t.is_neg() or t.dtype not in _TORCH_FAST_DTYPES():
+        if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.is_conj() \
+                or t.is_neg() or t.dtype not in fast:
             return None
         try:
             views.append(t.detach().numpy())
@@ -486,17 +496,6 @@ def _torch_cpu_views(*tensors):
 def _to_torch(arrays):
     from_numpy = sys.modules["torch"].from_numpy
     return tuple(from_numpy(a) for a in arrays)
-
-
-_torch_fast_dtypes = None
-
-
-def _TORCH_FAST_DTYPES():
-    global _torch_fast_dtypes
-    if _torch_fast_dtypes is None:
-        torch = sys.modules["torch"]
-        _torch_fast_dtypes = (torch.float16, torch.float32, torch.float64)
-    return _torch_fast_dtypes
 
 
 def _weight_norm(v, g, dim, eps, out):
@@ -526,8 +525,9 @@ def _weight_norm(v, g, dim, eps, out):
                              f"(out strides {oi.strides}, v strides {vi.strides})")
         if _overlaps(oi, gi):
             raise ValueError("out: overlaps g")
-    g_copied = _row_stride(gi) is None
+    g_in = gi
     gi, g_stride = _per_row(gi)
+    g_copied = gi is not g_in
 
     norm_dtype = FLOAT_DTYPES[dtype]
     if oi is None:
@@ -545,14 +545,11 @@ def _weight_norm(v, g, dim, eps, out):
             _cpu_ext.forward(_CODES[dtype], layout, _ptr(vi, layout, 0), gi.ptr,
                            g_stride, _ptr(oi, layout, 1), ni.ptr, eps, _threads)
     if out is None and not g_copied and _fast_path_ok(dim, vi.base, gi.base):
-        order = _axis_order(vi.strides)
         vb, gb = vi.base, gi.base
         _cpu_ext.remember_forward(
             (vb.dtype, vb.shape, vb.strides, gb.dtype, gb.shape, gb.strides, dim),
-            layout, _CODES[dtype], g_stride,
-            [vi.shape[i] for i in order] if order else vi.shape,
-            np.argsort(order).tolist() if order else None, vb.dtype,
-            gb.shape, np.dtype(norm_dtype))
+            layout, _CODES[dtype], g_stride, *_dense_order(vi.shape, vi.strides),
+            vb.dtype, gb.shape, np.dtype(norm_dtype))
     return w, norms
 
 
@@ -570,9 +567,10 @@ def _weight_norm_backward(grad_w, v, g, norms, dim):
         raise ValueError(f"grad_w: expected shape {vi.shape} (v's), got {gwi.shape}")
     _check_g_shape("g", gi, vi.shape, kept, dim)
     _check_g_shape("norms", ni, vi.shape, kept, dim)
-    copied = _row_stride(gi) is None or _row_stride(ni) is None
+    g_in, n_in = gi, ni
     gi, g_stride = _per_row(gi)
     ni, n_stride = _per_row(ni)
+    copied = gi is not g_in or ni is not n_in
 
     grad_v, gvi = _empty_like(vi, vi.shape, dtype, like_strides=True)
     grad_g, ggi = _empty_like(gi, gi.shape, dtype, like_strides=False)
@@ -589,15 +587,12 @@ def _weight_norm_backward(grad_w, v, g, norms, dim):
                             n_stride, _ptr(gvi, layout, 2), ggi.ptr, _threads)
     bases = [i.base for i in (gwi, vi, gi, ni)]
     if not copied and _fast_path_ok(dim, *bases):
-        order = _axis_order(vi.strides)
         gwb, vb, gb, nb = bases
         _cpu_ext.remember_backward(
             (gwb.dtype, gwb.shape, gwb.strides, vb.dtype, vb.shape, vb.strides,
              gb.dtype, gb.shape, gb.strides, nb.dtype, nb.shape, nb.strides, dim),
             layout, _CODES[dtype], g_stride, n_stride,
-            [vi.shape[i] for i in order] if order else vi.shape,
-            np.argsort(order).tolist() if order else None, vb.dtype,
-            gb.shape)
+            *_dense_order(vi.shape, vi.strides), vb.dtype, gb.shape)
     return grad_v, grad_g
 
 
