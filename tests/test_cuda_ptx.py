@@ -14,10 +14,12 @@ Checked for each (kind, dtype, reduction form, dims):
   path (``wnkernels.cuda._launch._flat``) passes -- so flat-argument launches
   through ``cuda.core`` agree with numba's own argument marshalling;
 * shuffle variants use ``shfl.sync.bfly`` and shared-memory variants none;
-* the 16-byte vector kernels (``K.VKINDS``: ``fwd_vblock`` ...) load with
-  ``ld.global.v4`` (16-byte accesses: ``.v4`` of 32-bit or ``.v2`` of 64-bit
-  lanes) and, where they write the big arrays, store with ``st.global.v4``;
-  compiled for one and two kept dims (their rows are one contiguous reduced dim).
+* the 16-byte vector kernels (``regs``, ``stream``, and ``cols`` with a vector
+  of columns per thread) load with ``ld.global.v4`` (16-byte accesses: ``.v4``
+  of 32-bit or ``.v2`` of 64-bit lanes) and store with ``st.global.v4``; the
+  scalar kernels have no vector accesses;
+* the ticketed kernels (``stream``, ``cols``) use integer atomics and read
+  other blocks' results with ``ld.global.cg``; no other kernel has atomics.
 """
 
 from __future__ import annotations
@@ -44,23 +46,39 @@ def _variants(cc):
     """(kind, dtype, shuffle, sub, nk, nr) to compile for one compute capability."""
     from wnkernels.cuda import _kernels as K
     out = []
-    for kind in K.KINDS:
-        sub = 16 if "group" in kind else 32 if "cols" in kind else 0
-        if kind in K.VKINDS:
-            for dtype in K.DTYPES:
+    for dtype in K.DTYPES:
+        W = K.vec_width(dtype)
+        for kind in K.KINDS:
+            if kind in ("copy", "zero"):
+                out.append((kind, dtype, False, 0, 1, 1))
+            elif kind.endswith("regs"):
+                for shuffle in (True, False):
+                    out.append((kind, dtype, shuffle, (8, 2), 1, 1))
+                out.append((kind, dtype, True, (BLOCK, 4), 1, 1))   # a block per row
+            elif kind.endswith("stream"):
+                out += [(kind, dtype, True, 0, 1, 1), (kind, dtype, False, 0, 1, 1)]
+            elif kind.endswith("cols"):
+                out += [(kind, dtype, True, (32, 1), 1, 1), (kind, dtype, True, (32, 1), 2, 3),
+                        (kind, dtype, False, (8, W), 1, 1), (kind, dtype, True, (8, W), 1, 2)]
+            else:
+                sub = 16 if "group" in kind else 0
                 out += [(kind, dtype, True, sub, 1, 1), (kind, dtype, False, sub, 1, 1),
-                        (kind, dtype, True, sub, 2, 1)]
-            continue
-        for dtype in K.DTYPES:
-            for shuffle in ((False,) if kind == "copy" else (True, False)):
-                out.append((kind, dtype, shuffle, sub, 1, 1))
-            if kind != "copy":
-                out.append((kind, dtype, True, sub, 2, 3))   # several kept / reduced dims
+                        (kind, dtype, True, sub, 2, 3)]   # several kept / reduced dims
+    for kind in ("fwd_regs", "bwd_regs", "fwd_stream", "bwd_stream"):
+        out.append((kind, "float32", True, (BLOCK, 4) if "regs" in kind else 0, 2, 1))
     if cc == "9.0":
         for g in (8, 32):
-            for kind in ("fwd_group", "bwd_group", "fwd_vgroup", "bwd_vgroup"):
-                out.append((kind, "float32", True, g, 1, 1))
+            out += [("fwd_group", "float32", True, g, 1, 1), ("bwd_group", "float32", True, g, 1, 1)]
+        out += [("fwd_regs", "float32", True, (32, 8), 1, 1),
+                ("bwd_regs", "float16", True, (32, 8), 1, 1)]
     return out
+
+
+def _is_vector(x) -> bool:
+    """Kernels that move 16-byte vectors: regs, stream, and cols with VW > 1."""
+    if x["kind"].endswith(("regs", "stream")):
+        return True
+    return x["kind"].endswith("cols") and x["sub"][1] > 1
 
 
 def _expected_params(kind, dtype, nk, nr):
@@ -108,10 +126,11 @@ def main(cc: str) -> int:
             entries=len(entries), params=params,
             expected=_expected_params(kind, dtype, nk, nr),
             local=".local" in ptx or "__local_depot" in ptx,
-            shfl=ptx.count("shfl.sync.bfly"),
+            shfl=ptx.count("shfl.sync.bfly"), ldcg=ptx.count("ld.global.cg"),
+            atom=len(re.findall(r"\batom\.", ptx)),
             vld=len(VLD.findall(ptx)), vst=len(VST.findall(ptx)), error=None))
     json.dump({"cc": cc, "seconds": time.perf_counter() - t0, "results": results,
-               "vkinds": list(K.VKINDS)}, sys.stdout)
+               "ticketed": list(K.TICKETED)}, sys.stdout)
     return 0
 
 
@@ -168,7 +187,7 @@ def test_flat_launch_arguments_match_the_kernel_abi(ptx_results, cc):
 @pytest.mark.parametrize("cc", CCS)
 def test_reduction_forms(ptx_results, cc):
     for x in ptx_results[cc]["results"]:
-        reduces = x["kind"].endswith(("block", "group", "part"))
+        reduces = x["kind"].endswith(("block", "group", "part", "regs", "stream"))
         if x["shuffle"] and reduces:
             assert x["shfl"] > 0, f"{x['kind']}/{x['dtype']}: no warp shuffle"
         if not x["shuffle"]:
@@ -177,18 +196,29 @@ def test_reduction_forms(ptx_results, cc):
 
 @pytest.mark.parametrize("cc", CCS)
 def test_vector_kernels_use_16_byte_accesses(ptx_results, cc):
-    vkinds = set(ptx_results[cc]["vkinds"])
-    assert vkinds, "no vector kernels"
     seen = set()
     for x in ptx_results[cc]["results"]:
-        if x["kind"] not in vkinds:
-            continue
-        seen.add(x["kind"])
-        name = f"{x['kind']}/{x['dtype']}/shuffle={x['shuffle']}/{x['nk']},{x['nr']}"
-        assert x["vld"] > 0, f"{name}: no 16-byte ld.global.v4"
-        if not x["kind"].endswith("part"):  # part kernels only read
+        name = f"{x['kind']}/{x['dtype']}/sub={x['sub']}/shuffle={x['shuffle']}/{x['nk']},{x['nr']}"
+        if _is_vector(x):
+            seen.add(x["kind"])
+            assert x["vld"] > 0, f"{name}: no 16-byte ld.global.v4"
             assert x["vst"] > 0, f"{name}: no 16-byte st.global.v4"
-    assert seen == vkinds
+        else:
+            assert x["vld"] == x["vst"] == 0, f"{name}: unexpected vector access"
+    assert seen == {"fwd_regs", "bwd_regs", "fwd_stream", "bwd_stream", "fwd_cols", "bwd_cols"}
+
+
+@pytest.mark.parametrize("cc", CCS)
+def test_ticketed_kernels_synchronize_through_l2(ptx_results, cc):
+    """Ticket / arrival counters are integer atomics; other blocks' partials and
+    scales are read with ld.global.cg; nothing else uses atomics (no float ones)."""
+    ticketed = set(ptx_results[cc]["ticketed"])
+    for x in ptx_results[cc]["results"]:
+        name = f"{x['kind']}/{x['dtype']}/sub={x['sub']}"
+        if x["kind"] in ticketed:
+            assert x["atom"] > 0 and x["ldcg"] > 0, name
+        else:
+            assert x["atom"] == 0 and x["ldcg"] == 0, name
 
 
 def test_vector_regexes():

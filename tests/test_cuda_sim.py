@@ -73,9 +73,10 @@ STRATEGIES = ("block", "group", "cols", "split")
 
 # ---------------------------------------------------------------- helpers
 
-def to_sim(x: np.ndarray):
+def to_sim(x: np.ndarray, shift: int = 0):
     """A simulator device array equal to ``x`` with the same strides (its own copy
-    of the memory that ``x`` spans, gaps included)."""
+    of the memory that ``x`` spans, gaps included), its first element ``shift``
+    bytes past a 64-byte boundary."""
     x = np.asarray(x)
     lo = hi = 0
     for n, s in zip(x.shape, x.strides):
@@ -87,9 +88,11 @@ def to_sim(x: np.ndarray):
     nbytes = hi - lo + x.itemsize if x.size else 0
     ptr = x.__array_interface__["data"][0]
     if nbytes:
-        region = np.frombuffer((ctypes.c_char * nbytes).from_address(ptr + lo),
-                               np.uint8).copy()
-        view = np.ndarray(x.shape, x.dtype, buffer=region, offset=-lo,
+        region = np.zeros(nbytes + 128, np.uint8)
+        at = -region.__array_interface__["data"][0] % 64 + shift
+        region[at:at + nbytes] = np.frombuffer((ctypes.c_char * nbytes).from_address(ptr + lo),
+                                               np.uint8)
+        view = np.ndarray(x.shape, x.dtype, buffer=region, offset=at - lo,
                           strides=x.strides)
     else:
         view = np.empty(x.shape, x.dtype)
@@ -106,9 +109,11 @@ NORM = {"float16": "float32", "bfloat16": "float32", "float32": "float32",
         "float64": "float64"}
 
 
-def run_forward(v, g, dim, eps=0.0, strategy=None, w=None):
-    """wnkernels.cuda.forward on host arrays v (any strides) and flat g; host results."""
-    vd, gd = to_sim(v), to_sim(np.ascontiguousarray(g).reshape(-1))
+def run_forward(v, g, dim, eps=0.0, strategy=None, w=None, shift=0):
+    """wnkernels.cuda.forward on host arrays v (any strides; placed ``shift`` bytes
+    past a 64-byte boundary) and flat g; ``w``: the device array to write; host
+    results."""
+    vd, gd = to_sim(v, shift), to_sim(np.ascontiguousarray(g).reshape(-1))
     vi, gi = wc.info(vd), wc.info(gd)
     wd = wc.empty(vi, vi.shape, vi.dtype) if w is None else w
     wi = wc.info(wd)
@@ -119,12 +124,17 @@ def run_forward(v, g, dim, eps=0.0, strategy=None, w=None):
     return host(wd), host(nd)
 
 
-def run_backward(gw, v, g, norms, dim, strategy=None):
-    gwd, vd = to_sim(gw), to_sim(v)
+def run_backward(gw, v, g, norms, dim, strategy=None, shift=None, gv=None):
+    """wnkernels.cuda.backward on host arrays; ``shift``: place gw and v that many
+    bytes past a 64-byte boundary; ``gv``: the grad_v device array to write."""
+    gwd = gw if shift is None else to_sim(gw, shift)
+    vd = v if shift is None else to_sim(v, shift)
+    gwd = to_sim(gwd) if isinstance(gwd, np.ndarray) else gwd
+    vd = to_sim(vd) if isinstance(vd, np.ndarray) else vd
     gd = to_sim(np.ascontiguousarray(g).reshape(-1))
     nd = to_sim(np.ascontiguousarray(norms).reshape(-1))
     vi, gwi, gi, ni = wc.info(vd), wc.info(gwd), wc.info(gd), wc.info(nd)
-    gvd = wc.empty(vi, vi.shape, vi.dtype)
+    gvd = wc.empty(vi, vi.shape, vi.dtype) if gv is None else gv
     gvi = wc.info(gvd)
     lay = make_layout(vi.shape, normalize_dim(dim, len(vi.shape)),
                       [vi.strides, gwi.strides, gvi.strides])
@@ -423,24 +433,6 @@ def test_ascontiguous_copy():
     assert host(c).tobytes() == np.ascontiguousarray(base[::-1, ::2, 1:]).tobytes()
 
 
-@sim_only
-def test_choose_heuristics_for_real_gpus():
-    """Strategy choice for the issue's benchmark shapes (132 SMs, 256 threads)."""
-    def pick(shape, dim, order="C"):
-        a = np.empty(shape, np.float32, order=order)
-        kept = normalize_dim(dim, len(shape))
-        st = tuple(s // 4 for s in a.strides)
-        return _launch.choose(make_layout(shape, kept, [st, st]), 256, 132)[0]
-    assert pick((4096, 4096), 0) == "block"
-    assert pick((1048576, 64), 0) == "group"
-    assert pick((8, 16777216), 0) == "split"
-    assert pick((64, 512, 512), 0) == "split"
-    assert pick((512, 256, 3, 3), 0) == "block"
-    assert pick((4096, 4096), -1) == "cols"
-    assert pick((1 << 20, 32), -1) == "split"
-    assert pick((1024, 262144), 0) == "block"
-
-
 # ---------------------------------------------------------------- through the front end
 
 @sim_only
@@ -465,52 +457,140 @@ def test_front_end_on_simulator_arrays(dtype, kind):
 
 # ---------------------------------------------------------------- 16-byte vector kernels
 #
-# On a GPU the v* kernels (16-byte ld.global.v4 / st.global.v4) run wherever rows
-# are contiguous and 16-byte aligned; under the simulator the scalar kernels are
-# the default, so these tests switch the vector path on.  The simulator's
-# vload / vstore read the W consecutive elements in Python and raise on a
-# misaligned or out-of-range vector access (a fault on a GPU).
+# On a GPU, rows that are one contiguous run at the same 16-byte phase in every
+# array run ``regs`` (row held in registers) or ``stream`` (ticketed chunks), and
+# a contiguous kept axis runs ``cols`` with 16-byte column vectors where aligned.
+# Under the simulator the scalar kernels are the default, so these tests switch
+# the vector path on.  The simulator's vload / vstore read the W consecutive
+# elements in Python and raise on a misaligned or out-of-range vector access (a
+# fault on a GPU).
 
-VEC_STRATEGIES = ("block", "group", "split:3")
 VEC_W = {"float16": 8, "bfloat16": 8, "float32": 4, "float64": 2}
+ROW_STRATEGIES = ("regs", "stream")
 
 
 @pytest.fixture
 def vector_on():
-    old = wc.configure(vector=True)
+    """Vector kernels on; stream items of one vector per thread (many chunks);
+    an L2 so small that each chunk's finish follows its row's parts closely."""
+    old = wc.configure(vector=True, stream_vectors=1, cols_steps=1, l2_bytes=1)
     _launch.Settings.trace = []
     yield _launch.Settings.trace
     _launch.Settings.trace = None
     wc.configure(**old)
 
 
-def _vector_kinds(trace):
-    return [k for k in trace if k.split("_", 1)[1].startswith("v")]
+def _kinds(trace):
+    return [k for k, _ in trace if k != "zero"]
+
+
+def _vector_only(trace):
+    """Every launch was a 16-byte vector kernel (``regs``, ``stream``, or
+    ``cols`` with a vector of columns per thread)."""
+    kinds = [(k, s) for k, s in trace if k != "zero"]
+    return bool(kinds) and all(k.endswith(("regs", "stream")) or
+                               (k.endswith("cols") and s[1] > 1) for k, s in kinds)
 
 
 @sim_only
-@pytest.mark.parametrize("strategy", VEC_STRATEGIES)
+@pytest.mark.parametrize("strategy", ROW_STRATEGIES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_vector_rows(dtype, strategy, vector_on):
-    """Several aligned contiguous rows (rowlen a multiple of W): every vector kernel."""
+    """Rows whose length is not a multiple of W: each row starts at another phase
+    (scalar head up to its first 16-byte boundary, vectors, scalar tail)."""
     W = VEC_W[dtype]
-    rng = np.random.default_rng([DTYPES.index(dtype), VEC_STRATEGIES.index(strategy), 40])
-    v = zoo.random_values(rng, (3, 3 * W * 8 // 2), dtype)   # 1.5 block-strides of vectors
+    rng = np.random.default_rng([DTYPES.index(dtype), ROW_STRATEGIES.index(strategy), 40])
+    v = zoo.random_values(rng, (5, 3 * W * 4 + W // 2 + 1), dtype)
     check_both(v, 0, dtype, strategy, rng)
-    assert len(_vector_kinds(vector_on)) == len(vector_on) > 0, vector_on
+    assert _vector_only(vector_on), vector_on
 
 
 @sim_only
-@pytest.mark.parametrize("strategy", VEC_STRATEGIES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_vector_tail(dtype, strategy, vector_on):
-    """One row (dim=None) whose length is not a multiple of W: vectors, then a
-    scalar tail; split chunks stay whole multiples of block x W."""
+def test_vector_origin_phases(dtype, vector_on):
+    """Every origin phase (0 .. W-1 elements past 16 bytes), the same in v, w, grad_w
+    and grad_v (outputs laid out like v); rows shorter than two vectors; one row."""
     W = VEC_W[dtype]
-    rng = np.random.default_rng([DTYPES.index(dtype), VEC_STRATEGIES.index(strategy), 41])
-    v = zoo.random_values(rng, (2 * 8 * W + W - 1,), dtype)
-    check_both(v, None, dtype, strategy, rng)
-    assert len(_vector_kinds(vector_on)) == len(vector_on) > 0, vector_on
+    isz = 16 // W
+    rng = np.random.default_rng([DTYPES.index(dtype), 46])
+    base = zoo.random_values(rng, (4, 6 * W + 3), dtype)
+    n = 5 * W + 1
+    for k in range(W):
+        for strategy in ROW_STRATEGIES:
+            del vector_on[:]
+            check_both_alike(base, np.s_[:, :n], 0, dtype, strategy, rng, shift=k * isz)
+            assert _vector_only(vector_on), (k, vector_on)
+    check_both(zoo.random_values(rng, (3, W + 1), dtype), 0, dtype, "regs", rng)
+    check_both(zoo.random_values(rng, (7 * W + 3,), dtype), None, dtype, "stream", rng)
+
+
+@sim_only
+@pytest.mark.parametrize("gr", ((8, 1), (8, 2), (8, 4)))
+def test_regs_shapes(gr, vector_on):
+    """Lanes x vectors per lane: rows from one scalar element to G x R vectors."""
+    G, R = gr
+    rng = np.random.default_rng([G, R, 47])
+    for rowlen in sorted({1, 3, 4, 5, G * R * 4 - 1, G * R * 4, G * R * 4 + 3}):
+        v = zoo.random_values(rng, (3, rowlen), "float32")
+        if rowlen < 4:   # below one vector: the vector kernels are not eligible
+            with pytest.raises(ValueError):
+                run_forward(v, v[:, 0], 0, 0.0, f"regs:{G}:{R}")
+            continue
+        check_both(v, 0, "float32", f"regs:{G}:{R}", rng)
+
+
+@sim_only
+@pytest.mark.parametrize("l2", (1, 4096, 1 << 30))
+@pytest.mark.parametrize("strategy", ("stream", "cols"))
+def test_ticket_lag(strategy, l2, vector_on):
+    """The finish items trail the parts by the minimum (nchunk - 1), a few
+    hundred, or all of the parts: same results, the counters left at zero."""
+    wc.configure(l2_bytes=l2)
+    rng = np.random.default_rng([l2 % 97, 48])
+    shape, dim = ((4, 203), 0) if strategy == "stream" else ((75, 16), -1)
+    v = zoo.random_values(rng, shape, "float32")
+    check_both(v, dim, "float32", strategy, rng)
+    ws = _launch._WORKSPACES[(0, 0)]
+    assert not host_of(ws["sync"]).any(), "ticket counters not left at zero"
+
+
+def host_of(span):
+    return np.array(span.owner._ary if hasattr(span.owner, "_ary") else span.owner)
+
+
+def check_both_alike(base, sl, dim, dtype, strategy, rng, shift=0):
+    """check_both on ``v = base[sl]`` with w, grad_w and grad_v laid out like v
+    (views of arrays shaped like ``base``, ``shift`` bytes past 64)."""
+    v = base[sl]
+    g = zoo.random_values(rng, flat_g_shape(v.shape, dim), dtype, "g")
+    wd = to_sim(np.zeros_like(base), shift)[sl]
+    w, n = run_forward(v, g, dim, 0.0, strategy, w=wd, shift=shift)
+    n = n.reshape(g.shape)
+    assert zoo.check_forward(w, n, v, g, dim, 0.0, dtype) is None, strategy
+    gw = zoo.random_values(rng, base.shape, dtype, "grad")[sl]
+    gvd = to_sim(np.zeros_like(base), shift)[sl]
+    gv, gg = run_backward(gw, v, g, n, dim, strategy, shift=shift, gv=gvd)
+    assert zoo.check_backward(gv, gg.reshape(g.shape), gw, v, g, n, dim, dtype) is None
+
+
+@sim_only
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cols_vector(dtype, vector_on):
+    """dim=-1: 16-byte column vectors where every array's reduced stride allows,
+    a partial last vector of columns, reversed rows; the scalar fallback when an
+    array is not 16-byte aligned or its reduced stride is not a whole vector."""
+    W = VEC_W[dtype]
+    rng = np.random.default_rng([DTYPES.index(dtype), 49])
+    base = zoo.random_values(rng, (13, 4 * W), dtype)
+    for sl, vec in [(np.s_[:, :], True), (np.s_[:, :3 * W + 1], True),
+                    (np.s_[::-2, :2 * W], True), (np.s_[:, 1:3 * W], False)]:
+        del vector_on[:]
+        check_both_alike(base, sl, -1, dtype, "cols", rng)
+        vws = {s[1] for k, s in vector_on if k.endswith("cols")}
+        assert vws == ({W} if vec else {1}), (sl, vector_on)
+    del vector_on[:]
+    check_both(base[:, :3 * W + 1], -1, dtype, "cols", rng)  # fresh outputs: stride 3W+1
+    assert {s[1] for k, s in vector_on if k.endswith("cols")} == {1}, vector_on
 
 
 @sim_only
@@ -524,86 +604,136 @@ def test_vector_multi_dims_and_nan(dtype, vector_on):
     v[0, 1, 1, 0] = np.nan
     v[1, 0, 0, 1] = np.inf
     v[1, 2] = 0
-    check_both(v, (0, 1), dtype, "block", rng)
-    g = zoo.random_values(rng, (6,), dtype, "g")
-    w, _ = run_forward(v, g, (0, 1), 0.0, "group:4")
-    w = w.astype(np.float64).reshape(6, -1)
-    assert np.isnan(w[[1, 5]]).all() and np.isnan(w[3]).any()
-    assert np.isfinite(w[[0, 2, 4]]).all()
-    assert len(_vector_kinds(vector_on)) == len(vector_on), vector_on
+    for strategy in ROW_STRATEGIES:
+        check_both(v, (0, 1), dtype, strategy, rng)
+        g = zoo.random_values(rng, (6,), dtype, "g")
+        w, _ = run_forward(v, g, (0, 1), 0.0, strategy)
+        w = w.astype(np.float64).reshape(6, -1)
+        assert np.isnan(w[[1, 5]]).all() and np.isnan(w[3]).any()
+        assert np.isfinite(w[[0, 2, 4]]).all()
+    assert _vector_only(vector_on), vector_on
 
 
 @sim_only
-def test_vector_falls_back_when_misaligned(vector_on):
-    """Rows that do not start on 16 bytes, or are not contiguous, run the scalar
+def test_vector_falls_back_when_phases_differ(vector_on):
+    """Rows not contiguous, or not at the same phase in v and w, run the scalar
     kernels (correctly); the simulator's vload would raise otherwise."""
     rng = np.random.default_rng(43)
     base = zoo.random_values(rng, (3, 33), "float32")
-    cases = [(base[:, 1:], 0),              # row starts 4 bytes past 16
-             (base[:, :30], 0),             # row stride 132 bytes
-             (base[:, ::2], 0),             # not contiguous
-             (base[:, :32].T, -1)]          # kept axis contiguous (cols)
-    for v, dim in cases:
+    for v in (base[:, ::2], base[:, 1:]):
         del vector_on[:]
-        check_both(v, dim, "float32", None, rng)
-        assert not _vector_kinds(vector_on), (v.strides, vector_on)
+        check_both(v, 0, "float32", None, rng)
+        expect_vector = v.strides[1] == 4   # base[:, 1:]: w (fresh) has another phase
+        assert _vector_only(vector_on) is False or expect_vector, (v.strides, vector_on)
+    # w contiguous (phase 0 for every 32-element row), v rows at phase 1: scalar
+    v = base[:, 1:]
+    g = zoo.random_values(rng, (3,), "float32", "g")
+    del vector_on[:]
+    w, n = run_forward(v, g, 0)
+    assert zoo.check_forward(w, n, v, g, 0) is None
+    assert not any(k.endswith(("regs", "stream")) for k in _kinds(vector_on)), vector_on
 
 
 @sim_only
-@pytest.mark.parametrize("strategy", VEC_STRATEGIES)
+@pytest.mark.parametrize("strategy", ROW_STRATEGIES + ("cols",))
 def test_vector_in_place_and_reproducible(strategy, vector_on):
     """out=v on the vector path equals the out-of-place result bit for bit, and
     repeated calls are bitwise identical."""
     rng = np.random.default_rng(44)
-    v = zoo.random_values(rng, (3, 36), "float32")
-    g = zoo.random_values(rng, (3,), "float32", "g")
-    w1, n1 = run_forward(v, g, 0, 0.0, strategy)
-    w2, n2 = run_forward(v, g, 0, 0.0, strategy)
+    v = zoo.random_values(rng, (8, 36), "float32")
+    dim = 1 if strategy == "cols" else 0
+    nr = v.shape[dim]
+    g = zoo.random_values(rng, (nr,), "float32", "g")
+    w1, n1 = run_forward(v, g, dim, 0.0, strategy)
+    w2, n2 = run_forward(v, g, dim, 0.0, strategy)
     assert w1.tobytes() == w2.tobytes() and n1.tobytes() == n2.tobytes()
     vd = to_sim(v)
     vi = wc.info(vd)
-    lay = make_layout(vi.shape, (0,), [vi.strides, vi.strides])
-    nd = wc.empty(vi, (3,), "float32")
+    lay = make_layout(vi.shape, (dim,), [vi.strides, vi.strides])
+    nd = wc.empty(vi, (nr,), "float32")
     wc.forward(lay, vi, wc.info(to_sim(g)), 1, vi, wc.info(nd), 0.0, strategy=strategy)
     assert host(vd).tobytes() == w1.tobytes()
-    assert len(_vector_kinds(vector_on)) == len(vector_on), vector_on
+    assert _vector_only(vector_on), vector_on
 
 
 @sim_only
-def test_vector_scale_is_exactly_one_when_g_is_the_norm(vector_on):
+@pytest.mark.parametrize("strategy", ROW_STRATEGIES)
+def test_vector_scale_is_exactly_one_when_g_is_the_norm(strategy, vector_on):
     rng = np.random.default_rng(45)
-    v = zoo.random_values(rng, (4, 36), "float64")
+    v = zoo.random_values(rng, (4, 37), "float64")
     g = zoo.random_values(rng, (4,), "float64", "g")
-    _, n = run_forward(v, g, 0, 0.0, "block")
-    w, _ = run_forward(v, n, 0, 0.0, "block")
+    _, n = run_forward(v, g, 0, 0.0, strategy)
+    w, _ = run_forward(v, n, 0, 0.0, strategy)
     assert w.tobytes() == v.tobytes()
 
 
 @sim_only
-def test_vector_ok_rules():
-    """Host-side eligibility: pointer and every kept stride 16-byte multiples,
-    one contiguous reduced dim, in every array; the knob switches it off."""
+def test_row_phase_rules():
+    """Host-side eligibility of the vector row kernels: one contiguous reduced dim,
+    the same phase in every array for every row; the knob switches it off."""
     from types import SimpleNamespace as NS
     old = wc.configure(vector=True)
     try:
-        def ok(shape, dim, strides, ptrs, itemsize=4):
+        def ph(shape, dim, strides, ptrs, itemsize=4):
             lay = make_layout(shape, normalize_dim(dim, len(shape)), strides)
             arrs = [NS(ptr=p, itemsize=itemsize) for p in ptrs]
-            return _launch._vector_ok(lay, arrs)
+            return _launch._row_phase(lay, arrs)
         C = (8, 1)
-        assert ok((4, 8), 0, [C, C], [0x1000, 0x2000])
-        assert not ok((4, 8), 0, [C, C], [0x1000, 0x2004])        # w misaligned
-        assert not ok((4, 6), 0, [(6, 1), (6, 1)], [0x1000, 0x1000])  # 24-byte rows
-        assert ok((1, 6), 0, [(6, 1), (6, 1)], [0x1000, 0x1000])  # one row: no stride
-        assert ok((4, 6), 0, [(8, 1), (8, 1)], [0x1000, 0x1000])  # padded rows
-        assert not ok((4, 8), 0, [(1, 4), (1, 4)], [0x1000, 0x1000])  # cols layout
-        assert not ok((4, 8), 0, [(16, 2), (8, 1)], [0x1000, 0x1000])  # v strided
-        assert not ok((4, 2), 0, [(2, 1), (2, 1)], [0x1000, 0x1000])  # row < W
-        assert ok((4, 8), 0, [C, C], [0x1000, 0x2000], itemsize=2)  # 16 B rows, W=8
-        assert not ok((4, 12), 0, [(12, 1), (12, 1)], [0x1000, 0x2000], itemsize=2)
-        assert ok((4, 16), 0, [(16, 1), (16, 1)], [0x1000, 0x2000], itemsize=2)
+        assert ph((4, 8), 0, [C, C], [0x1000, 0x2000]) == 0
+        assert ph((4, 8), 0, [C, C], [0x1004, 0x2004]) == 1       # same phase: fine
+        assert ph((4, 8), 0, [C, C], [0x1000, 0x2004]) is None    # phases differ
+        assert ph((4, 6), 0, [(6, 1), (6, 1)], [0x1000, 0x1000]) == 0  # row r: phase 2r
+        assert ph((4, 6), 0, [(6, 1), (8, 1)], [0x1000, 0x1000]) is None
+        assert ph((4, 8), 0, [(1, 4), (1, 4)], [0x1000, 0x1000]) is None  # cols layout
+        assert ph((4, 8), 0, [(16, 2), (8, 1)], [0x1000, 0x1000]) is None  # v strided
+        assert ph((4, 2), 0, [(2, 1), (2, 1)], [0x1000, 0x1000]) is None  # row < W
+        assert ph((4, 12), 0, [(12, 1), (12, 1)], [0x1002, 0x2002], itemsize=2) == 1
+        assert ph((4, 8), 0, [C, C], [0x1001, 0x2001]) is None    # not element-aligned
         wc.configure(vector=False)
-        assert not ok((4, 8), 0, [C, C], [0x1000, 0x2000])
+        assert ph((4, 8), 0, [C, C], [0x1000, 0x2000]) is None
+    finally:
+        wc.configure(**old)
+
+
+@sim_only
+def test_plans_for_real_gpus():
+    """The plan for the issue's benchmark shapes on an H100 (132 SMs, 50 MiB L2)
+    with the GPU defaults."""
+    from types import SimpleNamespace as NS
+    gpu = dict(block=256, max_block=1024, cols_tx=32, cols_steps=4, stream_vectors=2,
+               vector=True)
+    old = wc.configure(**gpu)
+    try:
+        def pl(shape, dim, dtype="float32", bwd=False):
+            isz = np.dtype(zoo.np_dtype(dtype)).itemsize
+            a = np.empty(shape, zoo.np_dtype(dtype))
+            st = tuple(s // isz for s in a.strides)
+            lay = make_layout(shape, normalize_dim(dim, len(shape)), [st] * (2 + bwd))
+            return _launch.plan(lay, [NS(ptr=1 << 20, itemsize=isz)] * (2 + bwd), 132,
+                                50 << 20, bwd=bwd)
+        p = pl((4096, 4096), 0)
+        assert (p.name, p.sub, p.block) == ("regs", (256, 4), 256)
+        p = pl((4096, 4096), 0, "float16")
+        assert (p.name, p.sub, p.block) == ("regs", (128, 4), 128)
+        p = pl((4096, 4096), 0, "float64")
+        assert (p.name, p.sub, p.block) == ("regs", (512, 4), 512)
+        assert pl((16384, 4096), 0, "bfloat16").name == "regs"
+        p = pl((1048576, 64), 0)
+        assert (p.name, p.sub, p.block) == ("regs", (8, 2), 256)
+        assert pl((512, 256, 3, 3), 0).name == "regs"
+        for shape, dt in (((8, 16777216), "float32"), ((64, 512, 512), "float16"),
+                          ((1024, 262144), "float32")):
+            for bwd in (False, True):
+                p = pl(shape, 0, dt, bwd)
+                assert p.name == "stream", (shape, p)
+                assert p.nchunk - 1 <= p.lag <= p.nchunk * shape[0], p
+                assert p.grid == 132 * 8
+        p = pl((1024, 262144), 0)
+        assert p.lag > p.grid          # finishes trail the parts by more than a wave
+        p = pl((4096, 4096), -1)
+        assert (p.name, p.sub) == ("cols", (8, 4)) and p.chunk == 128, p
+        p = pl((1 << 20, 32), -1)
+        assert (p.name, p.sub, p.nchunk) == ("cols", (8, 4), 8192), p
     finally:
         wc.configure(**old)
 

@@ -336,8 +336,13 @@ _cpu_ext.set_pool(_pool.get, _BufferPool.MIN_BYTES)
 
 
 def empty_cache() -> None:
-    """Release the CPU output buffers wnkernels keeps for reuse."""
+    """Release the CPU output buffers wnkernels keeps for reuse, and the small
+    per-stream GPU workspaces (partial sums, ticket counters) if the GPU path
+    has run."""
     _pool.clear()
+    launch = sys.modules.get("wnkernels.cuda._launch")
+    if launch is not None:
+        launch.empty_cache()
 
 
 def _empty_like(info: ArrayInfo, shape, dtype: str, like_strides: bool):

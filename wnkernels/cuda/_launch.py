@@ -1,33 +1,19 @@
 """Strategy choice, kernel cache and launch (cuda.core fast path, numba fallback).
 
-Strategy choice (``choose``), from the `Layout` alone (``B`` threads per block):
+Strategy choice: `plan` (its docstring has the rules).  In short: rows that are
+one contiguous run in every array, at the same 16-byte phase, move 16 bytes
+per access (``ld.global.v4``: 8 half-type elements, 4 float32, 2 float64) --
+``regs`` when a row fits in the registers of its lanes (every element read
+once), else ``stream``; a kept axis that is the contiguous one runs ``cols``
+(16-byte column vectors where aligned); anything else runs the scalar kernels
+(``group`` / ``split`` / ``block``).  The plan depends only on the layout, the
+arrays' alignment and the device, so a call is bitwise reproducible; the
+vector and scalar kernels sum in different (fixed) orders, so they agree to
+rounding, not bit for bit.
 
-* ``rowlen == 0``                                  -> ``block`` (writes norms / grad_g only)
-* v's innermost kept stride is 1 and its innermost
-  reduced stride is not (``dim=-1`` style)         -> ``cols`` if that gives at least one
-                                                      block per SM, else ``split`` for long
-                                                      rows, else ``cols``
-* ``rowlen <= 64 / 256 / 1024``                    -> ``group`` with 8 / 16 / 32 lanes a row
-* fewer rows than ``2 x SMs`` and ``rowlen >= 16 B`` -> ``split`` into enough chunks
-                                                      (>= 16 B elements each) to give
-                                                      ~8 blocks per SM
-* otherwise                                        -> ``block``
-
-The choice, chunking and block size depend only on the shape and device, so a
-given call is bitwise reproducible.
-
-Vector path.  ``block``, ``group`` and ``split`` have ``v*`` variants
-(``fwd_vblock`` ...) that move 16 bytes per load/store (``ld.global.v4``; 8
-half-type elements, 4 float32, 2 float64) and are used when `_vector_ok` holds:
-``Settings.vector`` is on (default on a GPU, off under the simulator), rows are
-contiguous in every array of the layout (one reduced dim, stride 1), and every
-row starts 16-byte aligned in every array (origin pointer % 16 == 0 and every
-kept stride, in bytes, a multiple of 16).  Otherwise the scalar kernels run.
-The vector kernels sum in a different (equally fixed) order than the scalar
-ones, so the two paths agree to rounding, not bit for bit: a given call is
-still bitwise reproducible, because the path depends only on the layout and
-the arrays' alignment.  ``split`` chunks are whole multiples of ``block x W``
-elements on the vector path, so chunk boundaries stay aligned.
+Ticketed kernels (``stream``, ``cols``) take a ``part`` workspace (partial sums
+and per-row scales) and a ``sync`` workspace (ticket / arrival counters, left
+zeroed by every launch), both kept per (device, stream): see `_workspace`.
 
 Launch paths.  Kernels are compiled once per (kind, dtype, block, shuffle, sub)
 and numba specializes them per (kept dims, reduced dims).  On a GPU the default
@@ -58,112 +44,298 @@ from ._numba import cuda, SIM
 from . import _interop
 from . import _kernels as K
 
-__all__ = ["configure", "choose", "forward", "backward", "ascontiguous", "compile_times",
-           "Settings"]
+__all__ = ["configure", "plan", "forward", "backward", "ascontiguous", "compile_times",
+           "empty_cache", "Settings"]
 
 
 class Settings:
-    """Module-wide knobs (tests use them to drive the simulator)."""
+    """Module-wide knobs (tests use them to drive the simulator; on a GPU they are
+    the tuning points of the strategies)."""
     block = 16 if SIM else 256          # threads per block (power of two)
+    max_block = 8 if SIM else 1024      # largest block of the ``regs`` strategy
+    max_regs = 8                        # most 16-byte vectors a lane holds (``regs``)
     shuffle = not SIM                   # warp-shuffle reductions (no: shared memory)
-    cols_tx = 4 if SIM else 32          # rows per block in the ``cols`` strategy
+    cols_tx = 4 if SIM else 32          # most threads across the columns (``cols``)
+    cols_steps = 4                      # reduced indices per thread per ``cols`` item
+    stream_vectors = 2                  # 16-byte vectors per thread per ``stream`` item
+    l2_bytes = None                     # override the device's L2 size (tests)
     fast_launch = (not SIM) and os.environ.get("WNKERNELS_CUDA_LAUNCH", "") != "numba"
     sm_count = None                     # override the device's SM count (tests)
     fast_launch_error = None            # why the fast path was turned off, if it was
-    vector = not SIM                    # 16-byte vector kernels where aligned (see above)
+    vector = not SIM                    # 16-byte vector kernels where possible (see above)
     trace = None                        # a list: kernel kinds launched are appended (tests)
 
 
-def configure(block=None, shuffle=None, cols_tx=None, fast_launch=None, sm_count=None,
-              vector=None):
-    """Change `Settings` (``None`` leaves a knob as it is); returns the old values."""
-    old = dict(block=Settings.block, shuffle=Settings.shuffle, cols_tx=Settings.cols_tx,
-               fast_launch=Settings.fast_launch, sm_count=Settings.sm_count,
-               vector=Settings.vector)
-    if block is not None:
-        b = int(block)
-        if b < 1 or b & (b - 1) or b > 1024:
-            raise ValueError("block must be a power of two in [1, 1024]")
-        Settings.block = b
-    if shuffle is not None:
-        if shuffle and SIM:
-            raise ValueError("the CUDA simulator has no warp shuffles")
-        Settings.shuffle = bool(shuffle)
-    if cols_tx is not None:
-        Settings.cols_tx = int(cols_tx)
-    if fast_launch is not None:
-        Settings.fast_launch = bool(fast_launch) and not SIM
-    if sm_count is not None:  # 0 goes back to the device's own count
-        Settings.sm_count = int(sm_count) or None
-    if vector is not None:
-        Settings.vector = bool(vector)
+_KNOBS = ("block", "max_block", "max_regs", "shuffle", "cols_tx", "cols_steps",
+          "stream_vectors", "l2_bytes", "fast_launch", "sm_count", "vector")
+
+
+def configure(**knobs):
+    """Change `Settings` (a knob given as ``None`` is left as it is); returns the
+    old values of every knob (``configure(**old)`` restores them)."""
+    bad = set(knobs) - set(_KNOBS)
+    if bad:
+        raise TypeError(f"unknown knob(s): {sorted(bad)}")
+    old = {k: getattr(Settings, k) for k in _KNOBS}
+    for name in ("block", "max_block"):
+        b = knobs.get(name)
+        if b is not None and (int(b) < 1 or int(b) & (int(b) - 1) or int(b) > 1024):
+            raise ValueError(f"{name} must be a power of two in [1, 1024]")
+    if knobs.get("shuffle") and SIM:
+        raise ValueError("the CUDA simulator has no warp shuffles")
+    for name in ("max_regs", "cols_tx", "cols_steps", "stream_vectors"):
+        if knobs.get(name) is not None and int(knobs[name]) < 1:
+            raise ValueError(f"{name} must be >= 1")
+    for name, value in knobs.items():
+        if value is None:
+            continue
+        if name in ("shuffle", "vector"):
+            value = bool(value)
+        elif name == "fast_launch":
+            value = bool(value) and not SIM
+        elif name in ("sm_count", "l2_bytes"):  # 0: the device's own
+            value = int(value) or None
+        else:
+            value = int(value)
+        setattr(Settings, name, value)
+    old["sm_count"] = old["sm_count"] or 0
+    old["l2_bytes"] = old["l2_bytes"] or 0
     return old
 
 
 # ---------------------------------------------------------------- device facts
 
-_SM_COUNT: dict = {}
+_DEVICE_FACTS: dict = {}
+
+
+def _device_fact(ordinal: int, attr: str, default: int) -> int:
+    key = (ordinal, attr)
+    n = _DEVICE_FACTS.get(key)
+    if n is None:
+        try:
+            n = int(getattr(cuda.gpus[ordinal], attr))
+        except Exception:
+            n = default
+        _DEVICE_FACTS[key] = n
+    return n
 
 
 def _sm_count(ordinal: int) -> int:
     if Settings.sm_count:
         return int(Settings.sm_count)
-    if SIM:
-        return 2
-    n = _SM_COUNT.get(ordinal)
-    if n is None:
-        try:
-            n = int(cuda.gpus[ordinal].MULTIPROCESSOR_COUNT)
-        except Exception:
-            n = 108
-        _SM_COUNT[ordinal] = n
-    return n
+    return 2 if SIM else _device_fact(ordinal, "MULTIPROCESSOR_COUNT", 108)
+
+
+def _l2_bytes(ordinal: int) -> int:
+    if Settings.l2_bytes:
+        return int(Settings.l2_bytes)
+    return 1 << 16 if SIM else _device_fact(ordinal, "L2_CACHE_SIZE", 40 << 20)
 
 
 # ---------------------------------------------------------------- strategy
 
-def choose(layout, block: int, nsm: int):
-    """(strategy, sub) for ``layout``: sub is G for group, TX for cols, nchunk for split."""
-    nrows, rowlen = layout.nrows, layout.rowlen
-    if rowlen == 0:
-        return "block", 0
+class Plan:
+    """How one call runs: ``name`` (strategy), ``sub`` (its compile-time shape),
+    ``block`` (threads per block), ``grid``; ``ph`` (row phase, vector rows);
+    ``nchunk`` / ``chunk`` / ``lag`` (ticketed kernels)."""
+    __slots__ = ("name", "sub", "block", "grid", "ph", "nchunk", "chunk", "lag")
+
+    def __init__(self, name, sub=0, block=0, grid=1, ph=0, nchunk=1, chunk=0, lag=0):
+        self.name, self.sub, self.block, self.grid = name, sub, block, grid
+        self.ph, self.nchunk, self.chunk, self.lag = ph, nchunk, chunk, lag
+
+    def __repr__(self):
+        return (f"Plan({self.name!r}, sub={self.sub}, block={self.block}, grid={self.grid}, "
+                f"ph={self.ph}, nchunk={self.nchunk}, chunk={self.chunk}, lag={self.lag})")
+
+
+def _pow2(n: int) -> int:
+    """Smallest power of two >= n (n >= 1)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _is_cols(layout) -> bool:
+    """Kept axis contiguous (``dim=-1`` style): coalesce along it."""
     kin = abs(layout.kept_strides[0][-1]) if layout.kept_shape else 0
     rin = abs(layout.red_strides[0][-1]) if layout.red_shape else 1
-    if kin == 1 and rin != 1 and nrows > 1:
-        tx = min(Settings.cols_tx, block)
-        if -(-nrows // tx) >= nsm or rowlen < 16 * block:
-            return "cols", tx
-        return "split", _nchunk(nrows, rowlen, block, nsm)
-    if rowlen <= 1024:
-        g = 8 if rowlen <= 64 else 16 if rowlen <= 256 else 32
-        return "group", min(g, block)
-    if nrows < 2 * nsm and rowlen >= 16 * block:
-        return "split", _nchunk(nrows, rowlen, block, nsm)
-    return "block", 0
+    return kin == 1 and rin != 1 and layout.nrows > 1
 
 
-def _vector_ok(layout, arrays) -> bool:
-    """True when the 16-byte vector kernels may run on layout ``arrays`` (ArrayInfo
-    in layout order, ``ptr`` at row 0 / element 0): each row is one contiguous
-    run (one reduced dim of stride 1) in every array, and starts 16-byte aligned
-    in every array (origin % 16 == 0, every kept stride a multiple of 16 bytes)."""
+def _row_phase(layout, arrays):
+    """The phase (element offset from a 16-byte boundary, in elements) of array 0's
+    span base when the 16-byte row kernels (``regs``, ``stream``) can run, else
+    None.  They can when every row is one contiguous run (one reduced dim of
+    stride 1) in every array, and every row starts at the same phase in every
+    array: origins congruent mod 16 bytes (and element-aligned), kept strides
+    congruent mod 16 bytes.  Each row then starts with ``< W`` scalar head
+    elements up to its first 16-byte boundary (computed per row in the kernel)."""
     if not Settings.vector or layout.nrows == 0 or len(layout.red_shape) != 1:
+        return None
+    isz = arrays[0].itemsize
+    if layout.rowlen < 16 // isz:
+        return None
+    o0 = _origin(layout, 0, arrays[0])
+    for k, a in enumerate(arrays):
+        o = _origin(layout, k, a)
+        if layout.red_strides[k][0] != 1 or o % isz or (o - o0) % 16:
+            return None
+        for n, st, st0 in zip(layout.kept_shape, layout.kept_strides[k],
+                              layout.kept_strides[0]):
+            if n > 1 and ((st - st0) * isz) % 16:
+                return None
+    lo, _ = _layout_extent(layout, 0)
+    return ((o0 + lo * isz) // isz) % (16 // isz)
+
+
+def _cols_vector(layout, arrays) -> bool:
+    """``cols`` may move 16-byte vectors of columns: one kept dim of stride 1, every
+    reduced stride a multiple of the vector width, 16-byte aligned origins."""
+    if not Settings.vector or len(layout.kept_shape) != 1:
         return False
-    if layout.rowlen < 16 // arrays[0].itemsize:
+    isz = arrays[0].itemsize
+    W = 16 // isz
+    if layout.nrows < W:
         return False
     for k, a in enumerate(arrays):
-        if layout.red_strides[k][0] != 1 or _origin(layout, k, a) % 16:
+        if layout.kept_strides[k][0] != 1 or _origin(layout, k, a) % 16:
             return False
-        for n, st in zip(layout.kept_shape, layout.kept_strides[k]):
-            if n > 1 and (st * a.itemsize) % 16:
-                return False
+        if any(s % W for s in layout.red_strides[k]):
+            return False
     return True
+
+
+def _regs_shape(layout, W, nsm, block):
+    """(G, R, block) for ``regs`` -- G lanes per row holding R vectors each -- or None
+    when a row does not fit in registers (or too few rows to fill the GPU)."""
+    rowlen, nrows = layout.rowlen, layout.nrows
+    nv = _cdiv(rowlen, W)
+    if rowlen <= 1024:
+        G = min(8 if rowlen <= 64 else 16 if rowlen <= 256 else 32, block)
+        R = _pow2(_cdiv(nv, G))
+        if G >= W - 1 and R <= Settings.max_regs:
+            return G, R, block
+    if nrows >= nsm or nrows * rowlen <= 2 * block * W * Settings.max_regs * nsm:
+        top = Settings.max_block
+        B = min(max(_pow2(_cdiv(nv, 4)), min(128, top)), top)
+        R = _pow2(_cdiv(nv, B))
+        if B >= W - 1 and R <= Settings.max_regs:
+            return B, R, B
+    return None
+
+
+def _ticket_plan(name, sub, B, nparts, nchunk, chunk, item_bytes, bwd, nsm, l2):
+    """Grid and lag of a ticketed kernel: ``lag`` parts run ahead of the first
+    finish, sized so a chunk's re-read (``lag`` parts and finishes later) still
+    finds it in L2 -- and never less than ``nchunk - 1``, so a finish is always
+    ticketed after all of its row's parts."""
+    traffic = item_bytes * (3 if bwd else 2)  # bytes through L2 per part + finish
+    lag = int(0.5 * l2 // max(traffic, 1))
+    lag = min(max(lag, nchunk - 1), nparts)
+    grid = min(2 * nparts, nsm * max(1, 2048 // B))
+    return Plan(name, sub, B, grid, nchunk=nchunk, chunk=chunk, lag=lag)
+
+
+def plan(layout, arrays, nsm, l2, strategy=None, bwd=False):
+    """The `Plan` of one call on layout ``arrays`` (ArrayInfo in layout order).
+
+    Default choice (``B`` = ``Settings.block``):
+
+    * ``rowlen == 0``                         -> ``block`` (writes norms / grad_g only)
+    * kept axis contiguous (``dim=-1`` style) -> ``cols`` (16-byte column vectors
+                                                 where aligned)
+    * rows contiguous, same phase everywhere  -> ``regs`` if a row fits in the
+                                                 registers of G lanes (8 / 16 / 32 lanes
+                                                 for rows <= 64 / 256 / 1024, else a
+                                                 block of up to 1024 threads, <= 8
+                                                 vectors a lane) and there are enough
+                                                 rows; else ``stream``
+    * otherwise (scalar access)               -> ``group`` (rows <= 1024), ``split``
+                                                 (fewer than 2 x SMs long rows),
+                                                 else ``block``
+
+    ``strategy`` (tests, benchmarks) forces ``block``, ``group[:G]``, ``split[:n]``,
+    ``cols[:TX]``, ``regs[:G:R]`` or ``stream``.  The plan depends only on the
+    layout, the arrays' alignment and the device, so a call is bitwise
+    reproducible.
+    """
+    B = Settings.block
+    nrows, rowlen = layout.nrows, layout.rowlen
+    isz = arrays[0].itemsize
+    W = 16 // isz
+    name, _, arg = (strategy or "").partition(":")
+    if name and name not in ("block", "group", "cols", "split", "regs", "stream"):
+        raise ValueError(f"unknown strategy {strategy!r}")
+    if rowlen == 0 or nrows == 0:
+        return Plan("block", 0, B, max(min(nrows, 16 * nsm), 1))
+    ph = _row_phase(layout, arrays) if name in ("", "regs", "stream") else None
+    if name in ("regs", "stream") and ph is None:
+        raise ValueError(f"strategy {name!r} needs contiguous rows in the same 16-byte "
+                         "phase in every array (and the vector kernels enabled)")
+    regs = None
+    if name == "regs":
+        if arg:
+            G, R = (int(x) for x in arg.split(":"))
+            regs = G, R, (G if G > 32 else B)
+        else:
+            regs = _regs_shape(layout, W, nsm, B)
+            if regs is None:
+                raise ValueError("strategy 'regs': the rows do not fit in registers")
+    elif not name:
+        if _is_cols(layout):
+            name = "cols"
+        elif ph is not None:
+            regs = _regs_shape(layout, W, nsm, B)
+            name = "regs" if regs else "stream"
+        elif rowlen <= 1024:
+            name = "group"
+        elif nrows < 2 * nsm and rowlen >= 16 * B:
+            name = "split"
+        else:
+            name = "block"
+    if name == "regs":
+        G, R, BR = regs
+        rpb = BR // G
+        return Plan("regs", (G, R), BR, min(_cdiv(nrows, rpb), 16 * nsm), ph=ph)
+    if name == "stream":
+        chunk = B * W * Settings.stream_vectors
+        nchunk = _cdiv(rowlen, chunk)
+        p = _ticket_plan("stream", 0, B, nrows * nchunk, nchunk, chunk, chunk * isz, bwd,
+                         nsm, l2)
+        p.ph = ph
+        return p
+    if name == "cols":
+        VW = W if _cols_vector(layout, arrays) else 1
+        TX = int(arg) if arg else min(Settings.cols_tx, B, max(128 // (VW * isz), 1),
+                                      _pow2(_cdiv(nrows, VW)))
+        chunk = (B // TX) * Settings.cols_steps
+        nchunk = _cdiv(rowlen, chunk)
+        ntile = _cdiv(nrows, TX * VW)
+        return _ticket_plan("cols", (TX, VW), B, ntile * nchunk, nchunk, chunk,
+                            chunk * TX * VW * isz, bwd, nsm, l2)
+    if name == "group":
+        G = int(arg) if arg else min(8 if rowlen <= 64 else 16 if rowlen <= 256 else 32, B)
+        return Plan("group", G, B, min(_cdiv(nrows, B // G), 16 * nsm))
+    if name == "split":
+        n = int(arg) if arg else _nchunk(nrows, rowlen, B, nsm)
+        nchunk, chunk = _split_plan(rowlen, B, n)
+        return Plan("split", 0, B, nrows * nchunk, nchunk=nchunk, chunk=chunk)
+    return Plan("block", 0, B, min(nrows, 16 * nsm))
 
 
 def _nchunk(nrows, rowlen, block, nsm):
     want = -(-8 * nsm // nrows)                 # ~8 blocks per SM in all
     most = max(rowlen // (16 * block), 1)       # chunks of >= 16 * block elements
     return max(1, min(want, most))
+
+
+def _split_plan(rowlen, block, nchunk):
+    """(nchunk, chunk): chunks of whole block-strides."""
+    chunk = _cdiv(_cdiv(rowlen, nchunk), block) * block
+    return _cdiv(rowlen, chunk), chunk
 
 
 # ---------------------------------------------------------------- kernel cache
@@ -254,11 +426,8 @@ def _origin(layout, k, a):
     return a.ptr
 
 
-def _layout_span(layout, k, a, st):
-    """(span, base) of layout array ``k``: every element the layout touches."""
-    org = _origin(layout, k, a)
-    if layout.nrows == 0 or layout.rowlen == 0:
-        return _Arr(org, 0, st, a.obj), 0
+def _layout_extent(layout, k):
+    """(lo, count): the elements of layout array ``k``, relative to its origin."""
     lo = hi = 0
     for n, s in zip(layout.kept_shape + layout.red_shape,
                     layout.kept_strides[k] + layout.red_strides[k]):
@@ -266,7 +435,16 @@ def _layout_span(layout, k, a, st):
             lo += (n - 1) * s
         else:
             hi += (n - 1) * s
-    return _Arr(org + lo * a.itemsize, hi - lo + 1, st, a.obj), -lo
+    return lo, hi - lo + 1
+
+
+def _layout_span(layout, k, a, st):
+    """(span, base) of layout array ``k``: every element the layout touches."""
+    org = _origin(layout, k, a)
+    if layout.nrows == 0 or layout.rowlen == 0:
+        return _Arr(org, 0, st, a.obj), 0
+    lo, n = _layout_extent(layout, k)
+    return _Arr(org + lo * a.itemsize, n, st, a.obj), -lo
 
 
 def _pad(shape, strides_list):
@@ -335,15 +513,15 @@ class _Launcher:
         self.block = Settings.block
         self.shuffle = Settings.shuffle
 
-    def __call__(self, kind, dtype, sub, grid, args, nk, nr):
+    def __call__(self, kind, dtype, sub, grid, args, nk, nr, block=None):
         grid = max(int(grid), 1)
         if Settings.trace is not None:
-            Settings.trace.append(kind)
-        key = (kind, dtype, self.block, self.shuffle, sub)
+            Settings.trace.append((kind, sub))
+        key = (kind, dtype, block or self.block, self.shuffle, sub)
         if SIM:
             disp = _dispatcher(*key)
             conv = [_to_sim(v) if isinstance(v, _Arr) else v for v in args]
-            disp[grid, self.block](*conv)
+            disp[grid, key[2]](*conv)
             return
         guard = _context_guard(self.ordinal)
         if guard is None:
@@ -357,10 +535,10 @@ class _Launcher:
             try:
                 from cuda.core import launch, LaunchConfig, Stream
                 kern = _compiled(*key, nk, nr, self.ordinal)
-                cfg = _LAUNCH_CFG.get((grid, self.block))
+                cfg = _LAUNCH_CFG.get((grid, key[2]))
                 if cfg is None:
-                    cfg = LaunchConfig(grid=grid, block=self.block)
-                    _LAUNCH_CFG[(grid, self.block)] = cfg
+                    cfg = LaunchConfig(grid=grid, block=key[2])
+                    _LAUNCH_CFG[(grid, key[2])] = cfg
                 st = _STREAMS.get(self.handle)
                 if st is None:
                     st = Stream.from_handle(self.handle)
@@ -376,29 +554,15 @@ class _Launcher:
         t0 = time.perf_counter()
         conv = [_to_numba(v) if isinstance(v, _Arr) else v for v in args]
         stream = cuda.external_stream(self.handle) if self.handle else 0
-        disp[grid, self.block, stream](*conv)
+        disp[grid, key[2], stream](*conv)
         _COMPILE_TIMES.setdefault(key + (nk, nr), time.perf_counter() - t0)
 
 
-def _grid_rows(strategy, sub, nrows, block, nsm):
-    cap = 16 * nsm
-    if strategy == "group":
-        return min(-(-nrows // (block // sub)), cap)
-    if strategy == "cols":
-        return min(-(-nrows // sub), cap)
-    return min(nrows, cap)
-
-
-def _split_plan(layout, block, nchunk, vec=1):
-    """(nchunk, chunk): chunks of whole block-strides (of ``vec``-element vectors)."""
-    step = block * vec
-    chunk = -(-layout.rowlen // nchunk)
-    chunk = -(-chunk // step) * step
-    nchunk = -(-layout.rowlen // chunk)
-    return nchunk, chunk
-
-
 # ---------------------------------------------------------------- entry points
+
+def _plan_for(layout, arrays, L, strategy, bwd):
+    return plan(layout, arrays, L.nsm, _l2_bytes(L.ordinal), strategy, bwd)
+
 
 def forward(layout, v, g, g_stride, w, norms, eps, strategy=None):
     L = _Launcher(v)
@@ -413,23 +577,30 @@ def forward(layout, v, g, g_stride, w, norms, eps, strategy=None):
     ks, (vks, wks) = _pad(layout.kept_shape, layout.kept_strides[:2])
     rs, (vrs, wrs) = _pad(layout.red_shape, layout.red_strides[:2])
     nk, nr = len(ks), len(rs)
-    strat, sub = _pick(layout, L, strategy)
-    vec = strat != "cols" and _vector_ok(layout, (v, w))
-    x = "v" if vec else ""
+    p = _plan_for(layout, (v, w), L, strategy, False)
     eps = float(eps)
-    if strat == "split":
-        nchunk, chunk = _split_plan(layout, L.block, sub, K.vec_width(dt) if vec else 1)
-        P = _workspace(v, dt, nrows * nchunk)
-        L(f"fwd_{x}part", dt, 0, nrows * nchunk,
-          (V, vb, P, nrows, rowlen, nchunk, chunk, ks, vks, rs, vrs), nk, nr)
-        L(f"fwd_{x}finish", dt, 0, nrows * nchunk,
-          (V, vb, W, wb, G, gb, g_stride, N, P, eps, nrows, rowlen, nchunk, chunk,
+    head = (V, vb, W, wb, G, gb, g_stride, N, eps, nrows, rowlen)
+    if p.name == "regs":
+        L("fwd_regs", dt, p.sub, p.grid, head + (p.ph, ks, vks, wks), nk, 1, p.block)
+    elif p.name == "stream":
+        P, Y = _workspace(L, v, dt, nrows * p.nchunk + nrows, nrows)
+        L("fwd_stream", dt, 0, p.grid, head + (p.ph, ks, vks, wks, P, Y, p.nchunk, p.chunk,
+                                               p.lag), nk, 1, p.block)
+    elif p.name == "cols":
+        cb = p.sub[0] * p.sub[1]
+        P, Y = _workspace(L, v, dt, _cdiv(nrows, cb) * p.nchunk * cb + nrows,
+                          _cdiv(nrows, cb))
+        L("fwd_cols", dt, p.sub, p.grid, head + (ks, vks, wks, rs, vrs, wrs, P, Y, p.nchunk,
+                                                 p.chunk, p.lag), nk, nr, p.block)
+    elif p.name == "split":
+        P, _ = _workspace(L, v, dt, nrows * p.nchunk, 0)
+        L("fwd_part", dt, 0, p.grid,
+          (V, vb, P, nrows, rowlen, p.nchunk, p.chunk, ks, vks, rs, vrs), nk, nr)
+        L("fwd_finish", dt, 0, p.grid,
+          (V, vb, W, wb, G, gb, g_stride, N, P, eps, nrows, rowlen, p.nchunk, p.chunk,
            ks, vks, wks, rs, vrs, wrs), nk, nr)
-        return
-    grid = _grid_rows(strat, sub, nrows, L.block, L.nsm)
-    L(f"fwd_{x}{strat}", dt, sub, grid,
-      (V, vb, W, wb, G, gb, g_stride, N, eps, nrows, rowlen, ks, vks, wks, rs, vrs, wrs),
-      nk, nr)
+    else:
+        L(f"fwd_{p.name}", dt, p.sub, p.grid, head + (ks, vks, wks, rs, vrs, wrs), nk, nr)
 
 
 def backward(layout, grad_w, v, g, g_stride, norms, norms_stride, grad_v, grad_g,
@@ -448,24 +619,33 @@ def backward(layout, grad_w, v, g, g_stride, norms, norms_stride, grad_v, grad_g
     ks, (vks, gwks, gvks) = _pad(layout.kept_shape, layout.kept_strides[:3])
     rs, (vrs, gwrs, gvrs) = _pad(layout.red_shape, layout.red_strides[:3])
     nk, nr = len(ks), len(rs)
-    strat, sub = _pick(layout, L, strategy)
-    vec = strat != "cols" and _vector_ok(layout, (v, grad_w, grad_v))
-    x = "v" if vec else ""
-    if strat == "split":
-        nchunk, chunk = _split_plan(layout, L.block, sub, K.vec_width(dt) if vec else 1)
-        P = _workspace(v, dt, nrows * nchunk)
-        L(f"bwd_{x}part", dt, 0, nrows * nchunk,
-          (GW, gwb, V, vb, P, nrows, rowlen, nchunk, chunk, ks, gwks, vks, rs, gwrs, vrs),
+    p = _plan_for(layout, (v, grad_w, grad_v), L, strategy, True)
+    head = (GW, gwb, V, vb, GV, gvb, G, gb, g_stride, N, nb, norms_stride, GG, nrows, rowlen)
+    if p.name == "regs":
+        L("bwd_regs", dt, p.sub, p.grid, head + (p.ph, ks, gwks, vks, gvks), nk, 1, p.block)
+    elif p.name == "stream":
+        P, Y = _workspace(L, v, dt, nrows * p.nchunk + 2 * nrows, nrows)
+        L("bwd_stream", dt, 0, p.grid, head + (p.ph, ks, gwks, vks, gvks, P, Y, p.nchunk,
+                                               p.chunk, p.lag), nk, 1, p.block)
+    elif p.name == "cols":
+        cb = p.sub[0] * p.sub[1]
+        P, Y = _workspace(L, v, dt, _cdiv(nrows, cb) * p.nchunk * cb + 2 * nrows,
+                          _cdiv(nrows, cb))
+        L("bwd_cols", dt, p.sub, p.grid, head + (ks, gwks, vks, gvks, rs, gwrs, vrs, gvrs,
+                                                 P, Y, p.nchunk, p.chunk, p.lag),
+          nk, nr, p.block)
+    elif p.name == "split":
+        P, _ = _workspace(L, v, dt, nrows * p.nchunk, 0)
+        L("bwd_part", dt, 0, p.grid,
+          (GW, gwb, V, vb, P, nrows, rowlen, p.nchunk, p.chunk, ks, gwks, vks, rs, gwrs, vrs),
           nk, nr)
-        L(f"bwd_{x}finish", dt, 0, nrows * nchunk,
+        L("bwd_finish", dt, 0, p.grid,
           (GW, gwb, V, vb, GV, gvb, G, gb, g_stride, N, nb, norms_stride, GG, P,
-           nrows, rowlen, nchunk, chunk, ks, gwks, vks, gvks, rs, gwrs, vrs, gvrs),
+           nrows, rowlen, p.nchunk, p.chunk, ks, gwks, vks, gvks, rs, gwrs, vrs, gvrs),
           nk, nr)
-        return
-    grid = _grid_rows(strat, sub, nrows, L.block, L.nsm)
-    L(f"bwd_{x}{strat}", dt, sub, grid,
-      (GW, gwb, V, vb, GV, gvb, G, gb, g_stride, N, nb, norms_stride, GG,
-       nrows, rowlen, ks, gwks, vks, gvks, rs, gwrs, vrs, gvrs), nk, nr)
+    else:
+        L(f"bwd_{p.name}", dt, p.sub, p.grid, head + (ks, gwks, vks, gvks, rs, gwrs, vrs, gvrs),
+          nk, nr)
 
 
 def ascontiguous(a):
@@ -485,26 +665,38 @@ def ascontiguous(a):
     return out
 
 
-def _pick(layout, L, strategy):
-    if strategy is None:
-        return choose(layout, L.block, L.nsm)
-    name, _, arg = strategy.partition(":")
-    if name not in ("block", "group", "cols", "split"):
-        raise ValueError(f"unknown strategy {strategy!r}")
-    if name == "group":
-        return name, int(arg) if arg else min(8, L.block)
-    if name == "cols":
-        return name, int(arg) if arg else min(Settings.cols_tx, L.block)
-    if name == "split":
-        return name, int(arg) if arg else _nchunk(layout.nrows, max(layout.rowlen, 1),
-                                                  L.block, L.nsm)
-    return name, 0
+# ---------------------------------------------------------------- workspaces
+
+_WORKSPACES: dict = {}
 
 
-def _workspace(v, dtype, n):
-    """Per-(row, chunk) partial sums, allocated like v (same device and stream)."""
+def _workspace(L, v, dtype, npart, nsync):
+    """(part, sync) spans for one launch on L's device and stream.
+
+    ``part``: ``npart`` accumulators (partial sums, then per-row scales);
+    ``sync``: ``2 + nsync`` int64 counters, all zero between launches (the
+    ticketed kernels leave them so; a new one is zeroed by a kernel on the
+    stream).  Both are kept per (device, stream) and grown as needed: launches
+    on one stream are ordered, so reusing them there is safe; other streams get
+    their own.  `empty_cache` drops them.
+    """
+    ws = _WORKSPACES.setdefault((L.ordinal, L.handle), {})
     acc = np.dtype(K.acc_dtype(dtype)).name
-    arr = _interop.empty(v, (n,), acc)
-    a = _interop.info(arr)
-    a.base = arr
-    return _Arr(a.ptr, n, K.acc_dtype(dtype), arr)
+    part = ws.get(acc)
+    if part is None or part.n < npart:
+        part = ws[acc] = _alloc(v, max(npart, 2 * part.n if part else 0, 1024), acc)
+    sync = ws.get("sync")
+    if nsync and (sync is None or sync.n < 2 + nsync):
+        sync = ws["sync"] = _alloc(v, max(2 + nsync, 2 * sync.n if sync else 0, 1024), "int64")
+        L("zero", dtype, 0, min(_cdiv(sync.n, L.block), 16 * L.nsm), (sync, sync.n), 1, 0)
+    return part, sync
+
+
+def _alloc(v, n, dtype):
+    arr = _interop.empty(v, (n,), dtype)
+    return _Arr(_interop.info(arr).ptr, n, np.dtype(dtype).type, arr)
+
+
+def empty_cache() -> None:
+    """Release the per-stream workspaces (they are re-made on the next call)."""
+    _WORKSPACES.clear()

@@ -18,6 +18,9 @@ so LLVM keeps them in program order with every other load, store and barrier
 (no hoisting, no merging): ``out=v`` (in place) and the block barriers stay
 correct by construction; ptxas still schedules the resulting loads freely.
 
+``ldcg(a, i)`` reads one float32 / float64 element through L2 only (see its
+docstring): the stream kernels read other blocks' partial sums with it.
+
 Under the CUDA simulator they are plain Python functions that read / write the
 ``W`` consecutive elements one by one, and check the alignment that the real
 instruction needs (a misaligned vector access faults on a GPU).
@@ -29,7 +32,7 @@ import numpy as np
 
 from ._numba import SIM
 
-__all__ = ["vload", "vstore", "width"]
+__all__ = ["vload", "vstore", "ldcg", "width"]
 
 
 def width(itemsize: int) -> int:
@@ -65,6 +68,9 @@ if SIM:
             raise ValueError("vstore: tuple length is not the vector width")
         for k in range(n):
             b[i + k] = vals[k]
+
+    def ldcg(a, i):
+        return a[i]
 else:
     from llvmlite import ir
     from numba.cuda import cgutils, types
@@ -113,6 +119,30 @@ else:
             return context.make_tuple(builder, sig.return_type, vals)
 
         return ret(array, index), codegen
+
+    _CG = {32: ("ld.global.cg.f32 $0, [$1];", "=f,l,~{memory}"),
+           64: ("ld.global.cg.f64 $0, [$1];", "=d,l,~{memory}")}
+
+    @intrinsic
+    def ldcg(typingctx, array, index):
+        """``a[i]`` read through L2 only (``ld.global.cg``): never a stale L1 line,
+        for values that other blocks of the same kernel wrote (made visible
+        with a fence before an atomic flag that this block has observed)."""
+        if not (isinstance(array, types.Array) and array.ndim == 1
+                and isinstance(array.dtype, types.Float) and array.dtype.bitwidth in _CG):
+            raise NumbaTypeError(f"ldcg: needs a 1-D float32/float64 array, got {array}")
+        if not isinstance(index, types.Integer):
+            raise NumbaTypeError(f"ldcg: index must be an integer, got {index}")
+
+        def codegen(context, builder, sig, args):
+            arrty, idxty = sig.args
+            ptr = _element_ptr(context, builder, arrty, args[0], idxty, args[1])
+            ety = context.get_value_type(arrty.dtype)
+            fnty = ir.FunctionType(ety, [ptr.type])
+            return builder.call(ir.InlineAsm(fnty, *_CG[arrty.dtype.bitwidth],
+                                             side_effect=True), [ptr])
+
+        return array.dtype(array, index), codegen
 
     @intrinsic
     def vstore(typingctx, array, index, values):
