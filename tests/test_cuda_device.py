@@ -26,7 +26,8 @@ DEV = "cuda"
 # (shape, dim): block rows, short rows (group), few long rows (split),
 # dim=-1 (cols), a middle axis, a tuple, the whole array.
 CASES = [((257, 1031), 0), ((4096, 64), 0), ((3, 100003), 0), ((33, 1031), -1),
-         ((6, 37, 9), 1), ((5, 7, 9), (0, 2)), ((17, 19), None), ((64, 4096), 0)]
+         ((6, 37, 9), 1), ((5, 7, 9), (0, 2)), ((17, 19), None), ((64, 4096), 0),
+         ((130, 1024), -1), ((1000, 257), 0), ((16, 65537), 0), ((2, 1 << 21), 0)]
 
 
 def _cuda(a, dtype):
@@ -125,3 +126,75 @@ def test_mixed_devices_and_kinds_are_rejected():
         wnkernels.weight_norm(v, torch.ones(8, 1))          # CUDA v, CPU g
     with pytest.raises(TypeError):
         wnkernels.weight_norm(v, np.ones((8, 1), np.float32))
+
+
+@pytest.fixture
+def trace():
+    from wnkernels.cuda import _launch
+    _launch.Settings.trace = []
+    yield _launch.Settings.trace
+    _launch.Settings.trace = None
+
+
+@pytest.mark.parametrize("shape,dim,kind,vw", [
+    ((4096, 4096), 0, "regs", None), ((65536, 64), 0, "regs", None),
+    ((8, 1 << 22), 0, "stream", None), ((1024, 1024), -1, "cols", 4),
+    ((1024, 1023), -1, "cols", 1)])
+def test_the_planned_kernels_run(shape, dim, kind, vw, trace):
+    """The GPU plan picks the 16-byte kernels for aligned shapes (and the results
+    are right): rows in registers, the ticketed stream, column vectors."""
+    rng = np.random.default_rng(9)
+    v = _cuda(zoo.random_values(rng, shape, "float64"), "float32")
+    g = _cuda(zoo.g_for(rng, shape, dim, "float64"), "float32")
+    w, n = wnkernels.weight_norm(v, g, dim)
+    gw = _cuda(zoo.random_values(rng, shape, "float64", "grad"), "float32")
+    gv, gg = wnkernels.weight_norm_backward(gw, v, g, n, dim)
+    torch.cuda.synchronize()
+    kinds = [(k, s) for k, s in trace if k != "zero"]
+    assert [k for k, _ in kinds] == [f"fwd_{kind}", f"bwd_{kind}"], trace
+    if vw is not None:
+        assert all(s[1] == vw for _, s in kinds), trace
+    assert zoo.check_forward(w, n, v, g, dim) is None
+    assert zoo.check_backward(gv, gg, gw, v, g, n, dim) is None
+
+
+def test_ticket_counters_are_left_zeroed():
+    """After stream / cols launches the per-stream sync workspace is all zeros
+    (the next launch depends on it)."""
+    from wnkernels.cuda import _launch
+    rng = np.random.default_rng(10)
+    for shape, dim in (((4, 300001), 0), ((999, 512), -1)):
+        v = _cuda(zoo.random_values(rng, shape, "float64"), "float32")
+        g = _cuda(zoo.g_for(rng, shape, dim, "float64"), "float32")
+        for _ in range(3):
+            w, n = wnkernels.weight_norm(v, g, dim)
+            wnkernels.weight_norm_backward(v, v, g, n, dim)
+    torch.cuda.synchronize()
+    for ws in _launch._WORKSPACES.values():
+        if "sync" in ws:
+            assert int(ws["sync"].owner.abs().sum()) == 0
+
+
+def test_concurrent_streams():
+    """Ticketed kernels on two streams at once: separate workspaces, right results."""
+    rng = np.random.default_rng(11)
+    vs = [_cuda(zoo.random_values(rng, (6, 1 << 20), "float64"), "float32") for _ in range(2)]
+    gs = [_cuda(zoo.g_for(rng, (6, 1 << 20), 0, "float64"), "float32") for _ in range(2)]
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    out = []
+    for _ in range(5):
+        for s, v, g in zip(streams, vs, gs):
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                out.append((v, g) + tuple(wnkernels.weight_norm(v, g)))
+    torch.cuda.synchronize()
+    for v, g, w, n in out:
+        assert zoo.check_forward(w, n, v, g, 0) is None
+
+
+def test_compile_times_are_reported():
+    import wnkernels.cuda as wc
+    v = torch.ones(64, 64, device=DEV)
+    wnkernels.weight_norm(v, torch.ones(64, 1, device=DEV))
+    times = wc.compile_times()
+    assert times and all(t > 0 for t in times.values())

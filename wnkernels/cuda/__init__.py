@@ -9,15 +9,16 @@ Modules:
 
 * `_interop`  -- recognize GPU arrays (torch, CuPy, numba, CUDA array interface,
   DLPack), describe them as `ArrayInfo`, allocate outputs, find the stream;
-* `_kernels`  -- the kernels, one factory per strategy (``block``, ``group``,
-  ``split``, ``cols``), with the precision and determinism rules; ``block``,
-  ``group`` and ``split`` also come as 16-byte vector kernels (``fwd_vblock`` ...)
-  for contiguous, 16-byte aligned rows;
-* `_vec`      -- the 16-byte ``ld.global.v4`` / ``st.global.v4`` intrinsics (plain
-  Python under the CUDA simulator);
-* `_launch`   -- strategy choice, kernel cache, and the launch paths (flat
-  arguments through ``cuda.core``, numba's dispatcher as the fallback and under
-  the CUDA simulator);
+* `_kernels`  -- the kernels, one factory per strategy, with the precision and
+  determinism rules: scalar ``block`` / ``group`` / ``split`` for any layout;
+  16-byte vector ``regs`` (row held in registers) and ``stream`` (ticketed,
+  L2-aware chunks) for contiguous rows; ``cols`` (ticketed, coalesced along a
+  contiguous kept axis, 16-byte column vectors where aligned);
+* `_vec`      -- the ``ld.global.v4`` / ``st.global.v4`` / ``ld.global.cg``
+  intrinsics (plain Python under the CUDA simulator);
+* `_launch`   -- the plan (strategy, block, chunking), kernel cache, per-stream
+  workspaces, and the launch paths (flat arguments through ``cuda.core``,
+  numba's dispatcher as the fallback and under the CUDA simulator);
 * `_numba`    -- the one import of numba-cuda (with the NumPy 2.5
   ``row_stack`` fix).
 
@@ -38,8 +39,9 @@ def forward(layout, v, g, g_stride, w, norms, eps: float, *, strategy=None) -> N
 
     ``layout`` describes arrays ``[v, w]``; ``g`` is read at ``g.ptr + r *
     g_stride`` elements; ``norms`` is contiguous (float32 for half types).
-    ``strategy`` (testing) forces ``"block"``, ``"group[:G]"``, ``"cols[:TX]"`` or
-    ``"split[:nchunk]"``; by default it is chosen from the layout.
+    ``strategy`` (testing) forces ``"block"``, ``"group[:G]"``, ``"split[:nchunk]"``,
+    ``"cols[:TX]"``, ``"regs[:G:R]"`` or ``"stream"``; by default it is chosen from
+    the layout (`_launch.plan`).
     """
     from . import _launch
     _launch.forward(layout, v, g, g_stride, w, norms, eps, strategy=strategy)
@@ -73,10 +75,11 @@ def ascontiguous(a):
 
 
 def configure(**knobs) -> dict:
-    """Set launch knobs (``block``, ``shuffle``, ``cols_tx``, ``fast_launch``,
+    """Set launch knobs (``block``, ``max_block``, ``max_regs``, ``shuffle``,
+    ``cols_tx``, ``cols_steps``, ``stream_vectors``, ``l2_bytes``, ``fast_launch``,
     ``sm_count``, ``vector``); returns the previous values.  See `_launch.Settings`
-    (``vector``: use the 16-byte vector kernels where rows are contiguous and
-    aligned; on by default on a GPU, off under the simulator)."""
+    (``vector``: use the 16-byte vector kernels where the layout allows; on by
+    default on a GPU, off under the simulator)."""
     from . import _launch
     return _launch.configure(**knobs)
 

@@ -27,7 +27,10 @@ with signed element strides.  Shapes and strides are int64 UniTuples, so numba
 specializes every kernel on the number of kept / reduced dims (1 dim: a multiply,
 no division).  This one scheme covers every `wnkernels._layout.Layout`.
 
-Strategies (all deterministic: fixed reduction trees, no atomics):
+Strategies (all deterministic: fixed reduction trees and combine orders; the
+only atomics are integer ticket / arrival counters, never on floating point).
+
+Scalar element access (any layout):
 
 ``block``   one block of ``B`` threads per row (grid-stride over rows); thread ``t``
             sums elements ``t, t+B, ...``; block tree reduction; second pass writes.
@@ -37,31 +40,38 @@ Strategies (all deterministic: fixed reduction trees, no atomics):
             elements, one block per (row, chunk).  Kernel 1 (``*_part``) writes one
             partial sum per block to a small workspace; kernel 2 (``*_finish``) sums a
             row's partials in chunk order (thread 0, fixed order), then scales its
-            chunk.  Kernel 2 walks the chunks in reverse launch order so the chunks
-            read last by kernel 1 are re-read first, while they are still in L2.
-``cols``    kept axis contiguous (``dim=-1``): a block is ``TX`` consecutive rows x
-            ``TY = B/TX`` threads along the reduction, so each warp load touches
-            ``TX`` adjacent rows (coalesced along the kept axis, no transpose);
-            the ``TY`` partials of a row are summed in order by thread ``ty == 0``.
+            chunk, walking the chunks in reverse launch order (L2 still holds the
+            chunks kernel 1 read last).
 
-Vector variants (``VKINDS``: ``fwd_vblock``, ``bwd_vblock``, ``fwd_vgroup``,
-``bwd_vgroup``, ``fwd_vpart``, ``fwd_vfinish``, ``bwd_vpart``, ``bwd_vfinish``).
-Same strategies and arguments as their scalar counterparts, for rows that are one
-contiguous run (stride 1) in every array and start 16-byte aligned (`_launch`
-checks the pointers and kept strides on the host; the reduced-dim tuples are
-ignored).  Global memory moves 16 bytes at a time through `_vec.vload` /
-`_vec.vstore` (``ld.global.v4`` / ``st.global.v4``): ``W`` = 8 elements for
-float16 / bfloat16, 4 for float32, 2 for float64.  A row segment ``[s, end)``
-(``s`` a multiple of ``W``) is walked as: lane ``l`` of ``n`` cooperating
-threads takes vectors ``l, l+n, l+2n, ...`` (elements in order within each
-vector), then the ``< W`` tail elements ``s + nv*W + l, ...`` one by one.  Each
-element goes through exactly the scalar kernels' arithmetic (same load
-conversion, same per-element formula, same store rounding), so ``w`` and
-``grad_v`` get the same per-element expression; only the order of each
-thread's partial sum differs from the scalar kernels (a fixed order too, so
-results are bitwise reproducible; scalar and vector paths agree to rounding).
-Under the simulator ``vload``/``vstore`` are plain Python (and check alignment),
-so the same kernel source is tested there.
+16-byte vector access (``VKINDS``; rows one contiguous run, every array at the same
+16-byte phase -- `_launch` checks on the host).  Global memory moves 16 bytes at a
+time through `_vec.vload` / `_vec.vstore` (``ld.global.v4`` / ``st.global.v4``):
+``W`` = 8 elements for float16 / bfloat16, 4 for float32, 2 for float64.  A row
+starts with ``head < W`` scalar elements up to its first 16-byte boundary
+(computed per row from the span's phase ``ph``), then whole vectors, then a
+``< W``-element scalar tail:
+
+``regs``    ``G`` lanes per row (8/16/32, or a whole block of up to 1024 threads),
+            each holding up to ``R`` vectors of its row in registers (generated
+            source, `_regs_source`): the row is read once, reduced, and written
+            from the registers -- the 2N traffic floor.
+``stream``  rows too long for registers (or too few to fill the GPU): chunks of
+            ``B x W x stream_vectors`` elements, "part" and "finish" items taken in
+            ticket order, the finishes trailing the parts by an L2-sized lag so a
+            chunk's second read hits L2 (protocol: the comment above ``fwd_stream``).
+
+``cols``    kept axis contiguous (``dim=-1``): the same ticketed stream over tiles of
+            ``CB = TX x VW`` consecutive kept indices (16-byte vectors of ``VW = W``
+            columns where the strides allow, else ``VW = 1``, any layout) x chunks
+            of reduced indices; every warp access covers whole 128-byte lines along
+            the kept axis (coalesced, no transpose).
+
+Each element goes through exactly the same arithmetic in every kernel (same load
+conversion, same per-element formula, same store rounding); only the order of
+the partial sums differs between strategies (a fixed order in each, so results
+are bitwise reproducible; strategies agree to rounding).  Under the simulator
+``vload``/``vstore`` are plain Python (and check alignment), so the same kernel
+source is tested there.
 
 Reductions.  ``shuffle=True`` uses warp shuffles (butterfly within each warp, then
 every thread sums the per-warp partials in warp order); ``shuffle=False`` uses a
@@ -300,8 +310,11 @@ def _col_helpers(VW, load, store, A, C, S):
            + "def czero():\n    z = A(0)\n    return " + tup("z") + "\n\n"
            + "def cput(sh, i, acc):\n"
            + "".join(f"    sh[i + {k}] = acc[{k}]\n" for k in idx) + "\n"
+           + "def cparts(p, i, n):\n    z = A(0)\n    return "
+           + tup("ldcg(p, i + {k}) if n > {k} else z") + "\n\n"
            + "def cscales(p, i, n, step):\n    z = C(0)\n    return "
            + tup("C(ldcg(p, i + {k} * step)) if n > {k} else z") + "\n\n"
+           + "def cadd(acc, x):\n    return " + tup("acc[{k}] + x[{k}]") + "\n\n"
            + "def csq(acc, x):\n    return "
            + tup("acc[{k}] + A(load(x[{k}])) * A(load(x[{k}]))") + "\n\n"
            + "def cdot(acc, a, b):\n    return "
@@ -309,7 +322,8 @@ def _col_helpers(VW, load, store, A, C, S):
            + "def cscale(x, s):\n    return " + tup("store(load(x[{k}]) * s[{k}])") + "\n\n"
            + "def cgrad(a, b, ca, cb):\n    return "
            + tup("store(ca[{k}] * load(a[{k}]) - cb[{k}] * load(b[{k}]))") + "\n")
-    names = ("czero", "cload", "cstore", "cput", "cscales", "csq", "cdot", "cscale", "cgrad")
+    names = ("czero", "cload", "cstore", "cput", "cparts", "cscales", "cadd", "csq", "cdot",
+             "cscale", "cgrad")
     fns = _exec_src(src, *names, VW=VW, load=load, store=store, A=A, C=C, S=S,
                     vload=vload, vstore=vstore, ldcg=ldcg)
     return tuple(_device(f) for f in fns)
@@ -521,7 +535,7 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
     vsumsq, vdot, vscale, vgrad = _vec_helpers(W, load, store, A)
     vzero = _device(_exec_src(f"def vzero():\n    z = S(0)\n    return ({'z, ' * W})\n",
                               "vzero", S=S))
-    czero, cload, cstore, cput, cscales, csq, cdot, cscale, cgrad = _col_helpers(
+    czero, cload, cstore, cput, cparts, cscales, cadd, csq, cdot, cscale, cgrad = _col_helpers(
         VW, load, store, A, C, S)
 
     # -------------------------------------------- contiguous row segments, 16-byte vectors
@@ -984,6 +998,29 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
                 sync[1] = 0
 
     @_device
+    def combine(part, base, nchunk, sh, t):
+        """Sum of a row's nchunk partials, the whole block at once: thread t takes
+        chunks t, t + B, ... in order, then the block's fixed tree."""
+        acc = A(0)
+        q = t
+        while q < nchunk:
+            acc += ldcg(part, base + q)
+            q += B
+        return block_sum(sh, acc, t)
+
+    @_device
+    def ccombine(part, base, n, nchunk, sh, t, ty):
+        """The tile's partials per column: thread (tx, ty) sums chunks ty, ty + TY,
+        ... of its n columns into ``sh`` (summed over ty in order by the caller)."""
+        acc = czero()
+        q = ty
+        while q < nchunk:
+            acc = cadd(acc, cparts(part, base + q * CB, n))
+            q += TY
+        cput(sh, t * VW, acc)
+        cuda.syncthreads()
+
+    @_device
     def chunk_bounds(head, c, chunk, rowlen):
         """(s, a, e) of chunk c of a row: chunk 0 also takes the scalar head."""
         a = min(head + c * chunk, rowlen)
@@ -1010,10 +1047,8 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
                 if t == 0:
                     part[r * nchunk + c] = tot
                 if arrive(sync, shi, t, r, nchunk):
+                    tot = combine(part, r * nchunk, nchunk, sh, t)
                     if t == 0:
-                        tot = A(0)
-                        for q in range(nchunk):  # fixed order: bitwise reproducible
-                            tot += ldcg(part, r * nchunk + q)
                         nrm = NT(math.sqrt(tot + A(eps)))
                         norms[r] = nrm
                         part[np_ + r] = load(g[gb + r * gs]) / C(nrm)
@@ -1044,10 +1079,8 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
                 if t == 0:
                     part[r * nchunk + c] = tot
                 if arrive(sync, shi, t, r, nchunk):
+                    tot = combine(part, r * nchunk, nchunk, sh, t)
                     if t == 0:
-                        tot = A(0)
-                        for q in range(nchunk):
-                            tot += ldcg(part, r * nchunk + q)
                         nrm = A(norms[nb + r * ns])
                         ggrad = tot / nrm
                         grad_g[r] = store(C(ggrad))
@@ -1112,11 +1145,12 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
                             tot += sh[(y * TX + tx) * VW + k]
                         part[(r * nchunk + c) * CB + tx * VW + k] = tot
                 if arrive(sync, shi, t, r, nchunk):
+                    ccombine(part, r * nchunk * CB + tx * VW, n, nchunk, sh, t, ty)
                     if ty == 0:
                         for k in range(n):
                             tot = A(0)
-                            for q in range(nchunk):
-                                tot += ldcg(part, (r * nchunk + q) * CB + tx * VW + k)
+                            for y in range(TY):
+                                tot += sh[(y * TX + tx) * VW + k]
                             nrm = NT(math.sqrt(tot + A(eps)))
                             norms[c0 + k] = nrm
                             part[np_ * CB + c0 + k] = load(g[gb + (c0 + k) * gs]) / C(nrm)
@@ -1175,11 +1209,12 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
                             tot += sh[(y * TX + tx) * VW + k]
                         part[(r * nchunk + c) * CB + tx * VW + k] = tot
                 if arrive(sync, shi, t, r, nchunk):
+                    ccombine(part, r * nchunk * CB + tx * VW, n, nchunk, sh, t, ty)
                     if ty == 0:
                         for k in range(n):
                             tot = A(0)
-                            for q in range(nchunk):
-                                tot += ldcg(part, (r * nchunk + q) * CB + tx * VW + k)
+                            for y in range(TY):
+                                tot += sh[(y * TX + tx) * VW + k]
                             nrm = A(norms[nb + (c0 + k) * ns])
                             ggrad = tot / nrm
                             grad_g[c0 + k] = store(C(ggrad))
