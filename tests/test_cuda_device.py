@@ -198,3 +198,50 @@ def test_compile_times_are_reported():
     wnkernels.weight_norm(v, torch.ones(64, 1, device=DEV))
     times = wc.compile_times()
     assert times and all(t > 0 for t in times.values())
+
+
+@pytest.mark.parametrize("shape,dim", [((64, 64), 0), ((8, 1 << 20), 0), ((512, 1024), -1),
+                                       ((33, 1031), 0)])
+def test_remembered_calls(shape, dim):
+    """The second call with the same dtype / shape / strides / dim takes the
+    remembered fast path: bitwise the same results, eps taken per call, the
+    caller's stream followed."""
+    from wnkernels.cuda import _fast
+    _fast.clear()
+    rng = np.random.default_rng(12)
+    v = _cuda(zoo.random_values(rng, shape, "float64"), "float32")
+    g = _cuda(zoo.g_for(rng, shape, dim, "float64"), "float32")
+    gw = _cuda(zoo.random_values(rng, shape, "float64", "grad"), "float32")
+    w1, n1 = wnkernels.weight_norm(v, g, dim)
+    gv1, gg1 = wnkernels.weight_norm_backward(gw, v, g, n1, dim)
+    assert _fast._FWD and _fast._BWD
+    w2, n2 = wnkernels.weight_norm(v, g, dim)
+    gv2, gg2 = wnkernels.weight_norm_backward(gw, v, g, n1, dim)
+    for a, b in ((w1, w2), (n1, n2), (gv1, gv2), (gg1, gg2)):
+        assert torch.equal(a, b)
+    w3, n3 = wnkernels.weight_norm(v, g, dim, eps=0.25)
+    assert zoo.check_forward(w3, n3, v, g, dim, 0.25) is None
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        v2 = v * 3
+        w4, n4 = wnkernels.weight_norm(v2, g, dim)
+    side.synchronize()
+    assert zoo.check_forward(w4, n4, v * 3, g, dim) is None
+
+
+def test_remembered_call_latency_is_reported():
+    """Not a timing assertion: prints the 64x64 wall-clock per call next to
+    torch's (the benchmark proper is `wnkernels bench --device cuda`)."""
+    import time
+    v = torch.randn(64, 64, device=DEV)
+    g = torch.randn(64, 1, device=DEV)
+    for f in (lambda: wnkernels.weight_norm(v, g), lambda: torch._weight_norm_interface(v, g, 0)):
+        for _ in range(100):
+            f()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(2000):
+            f()
+        torch.cuda.synchronize()
+        print(f"{(time.perf_counter() - t) / 2000 * 1e6:.1f} us/call")

@@ -247,6 +247,8 @@ def _overlaps(a: ArrayInfo, b: ArrayInfo) -> bool:
 
 
 def _check_eps(eps) -> float:
+    if eps.__class__ is float and 0.0 <= eps < _INF:
+        return eps
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating,
                                                      np.integer)):
         raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
@@ -254,6 +256,9 @@ def _check_eps(eps) -> float:
     if not (eps >= 0.0 and isfinite(eps)):
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
     return eps
+
+
+_INF = float("inf")
 
 
 @lru_cache(maxsize=512)
@@ -343,6 +348,8 @@ def empty_cache() -> None:
     launch = sys.modules.get("wnkernels.cuda._launch")
     if launch is not None:
         launch.empty_cache()
+    if _gpu_fast is not None:
+        _gpu_fast.clear()
 
 
 def _empty_like(info: ArrayInfo, shape, dtype: str, like_strides: bool):
@@ -451,6 +458,10 @@ def weight_norm(v, g, dim=0, *, eps=0.0, out=None):
         res = _fast_forward(v, g, dim, eps, _threads)
         if res is not None:
             return res
+        if _gpu_fast is not None:
+            res = _gpu_fast.forward(v, g, dim, _check_eps(eps))
+            if res is not None:
+                return res
         arrays = _torch_cpu_views(v, g)
         if arrays is not None:
             res = _fast_forward(*arrays, dim, eps, _threads)
@@ -471,12 +482,37 @@ def weight_norm_backward(grad_w, v, g, norms, dim=0):
     res = _fast_backward(grad_w, v, g, norms, dim, _threads)
     if res is not None:
         return res
+    if _gpu_fast is not None:
+        res = _gpu_fast.backward(grad_w, v, g, norms, dim)
+        if res is not None:
+            return res
     arrays = _torch_cpu_views(grad_w, v, g, norms)
     if arrays is not None:
         res = _fast_backward(*arrays, dim, _threads)
         if res is not None:
             return _to_torch(res)
     return _weight_norm_backward(grad_w, v, g, norms, dim)
+
+
+# wnkernels.cuda._fast once a torch CUDA call has been remembered (None before:
+# CPU calls never import the GPU backend).
+_gpu_fast = None
+
+
+def _gpu_record(remember: bool, info: ArrayInfo):
+    """A launch record when this validated call may be remembered for the GPU
+    fast path (torch CUDA tensors, no out=, no copies), else None."""
+    if not remember or info.kind != "torch-cuda":
+        return None
+    from .cuda import _launch
+    return _launch.new_record()
+
+
+def _gpu_remember(kind: str, *args) -> None:
+    global _gpu_fast
+    from .cuda import _fast
+    getattr(_fast, kind)(*args)
+    _gpu_fast = _fast
 
 
 def _torch_cpu_views(*tensors):
@@ -544,8 +580,12 @@ def _weight_norm(v, g, dim, eps, out):
     layout = _layout(vi.shape, kept, (vi.strides, oi.strides))
     if layout.nrows:
         if vi.device[0] == "cuda":
+            record = _gpu_record(out is None and not g_copied, vi)
             _cuda().forward(layout, _shift(vi, layout, 0), gi, g_stride,
-                            _shift(oi, layout, 1), ni, eps)
+                            _shift(oi, layout, 1), ni, eps, record=record)
+            if record is not None:
+                _gpu_remember("remember_forward", v, g, dim, w, norms, record,
+                              vi.device[1], dtype)
         else:
             _cpu_ext.forward(_CODES[dtype], layout, _ptr(vi, layout, 0), gi.ptr,
                            g_stride, _ptr(oi, layout, 1), ni.ptr, eps, _threads)
@@ -583,9 +623,13 @@ def _weight_norm_backward(grad_w, v, g, norms, dim):
     layout = _layout(vi.shape, kept, (vi.strides, gwi.strides, gvi.strides))
     if layout.nrows:
         if vi.device[0] == "cuda":
+            record = _gpu_record(not copied, vi)
             _cuda().backward(layout, _shift(gwi, layout, 1), _shift(vi, layout, 0),
                              gi, g_stride, ni, n_stride, _shift(gvi, layout, 2),
-                             ggi)
+                             ggi, record=record)
+            if record is not None:
+                _gpu_remember("remember_backward", grad_w, v, g, norms, dim, grad_v,
+                              grad_g, record, vi.device[1], dtype)
         else:
             _cpu_ext.backward(_CODES[dtype], layout, _ptr(gwi, layout, 1),
                             _ptr(vi, layout, 0), gi.ptr, g_stride, ni.ptr,

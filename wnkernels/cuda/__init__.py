@@ -34,21 +34,23 @@ __all__ = ["is_gpu_array", "info", "empty", "ascontiguous", "forward", "backward
            "compile_times", "simulator_active"]
 
 
-def forward(layout, v, g, g_stride, w, norms, eps: float, *, strategy=None) -> None:
+def forward(layout, v, g, g_stride, w, norms, eps: float, *, strategy=None,
+            record=None) -> None:
     """Fused forward: ``norms[r] = sqrt(sum v_r^2 + eps)``, ``w = v * (g / norms)``.
 
     ``layout`` describes arrays ``[v, w]``; ``g`` is read at ``g.ptr + r *
     g_stride`` elements; ``norms`` is contiguous (float32 for half types).
     ``strategy`` (testing) forces ``"block"``, ``"group[:G]"``, ``"split[:nchunk]"``,
     ``"cols[:TX]"``, ``"regs[:G:R]"`` or ``"stream"``; by default it is chosen from
-    the layout (`_launch.plan`).
+    the layout (`_launch.plan`).  ``record`` (`_launch.new_record`) notes the
+    launches for replay (`_fast`).
     """
     from . import _launch
-    _launch.forward(layout, v, g, g_stride, w, norms, eps, strategy=strategy)
+    _launch.forward(layout, v, g, g_stride, w, norms, eps, strategy=strategy, record=record)
 
 
 def backward(layout, grad_w, v, g, g_stride, norms, norms_stride, grad_v, grad_g,
-             *, strategy=None) -> None:
+             *, strategy=None, record=None) -> None:
     """Fused backward: ``grad_g = sum(grad_w * v) / norms`` and
     ``grad_v = (g / norms) * grad_w - (g * grad_g / norms^2) * v``.
 
@@ -58,7 +60,7 @@ def backward(layout, grad_w, v, g, g_stride, norms, norms_stride, grad_v, grad_g
     """
     from . import _launch
     _launch.backward(layout, grad_w, v, g, g_stride, norms, norms_stride, grad_v,
-                     grad_g, strategy=strategy)
+                     grad_g, strategy=strategy, record=record)
 
 
 def ascontiguous(a):

@@ -24,7 +24,7 @@ import ctypes
 
 from .._arrays import ArrayInfo
 
-__all__ = ["is_gpu_array", "info", "empty", "stream_handle"]
+__all__ = ["ArrayInfo", "is_gpu_array", "info", "empty", "stream_handle"]
 
 # DLPack device types that are device memory the kernels can address.
 _DL_CUDA = (2, 13)          # kDLCUDA, kDLCUDAManaged

@@ -232,6 +232,32 @@ def _off3(i, shape, s0, s1, s2):
     return o0 + i * s0[0], o1 + i * s1[0], o2 + i * s2[0]
 
 
+@_device
+def decode(tk, np_, lag, nchunk):
+    """(finish?, row, chunk) of ticket ``tk`` of a ticketed kernel with ``np_`` parts
+    (row-major: row ``p // nchunk``, chunk ``p % nchunk``) and as many finishes:
+    ``lag`` parts, then parts and finishes alternating, then the last ``lag``
+    finishes; a row's finishes take its chunks in reverse.  With ``lag >=
+    nchunk - 1`` every finish comes after all of its row's parts."""
+    fin = True
+    if tk < lag:
+        fin = False
+        p = tk
+    else:
+        u = tk - lag
+        m = 2 * (np_ - lag)
+        if u < m:
+            fin = u % 2 == 1
+            p = u // 2 if fin else lag + u // 2
+        else:
+            p = np_ - lag + (u - m)
+    r = p // nchunk
+    c = p - r * nchunk
+    if fin:
+        c = nchunk - 1 - c
+    return fin, r, c
+
+
 # ---------------------------------------------------------------- factories
 
 def _dtype_helpers(dtype):
@@ -930,27 +956,6 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
     def take(shi):
         cuda.syncthreads()
         return shi[0]
-
-    @_device
-    def decode(tk, np_, lag, nchunk):
-        """(finish?, row, chunk) of ticket ``tk`` (see above)."""
-        fin = True
-        if tk < lag:
-            fin = False
-            p = tk
-        else:
-            u = tk - lag
-            m = 2 * (np_ - lag)
-            if u < m:
-                fin = u % 2 == 1
-                p = u // 2 if fin else lag + u // 2
-            else:
-                p = np_ - lag + (u - m)
-        r = p // nchunk
-        c = p - r * nchunk
-        if fin:
-            c = nchunk - 1 - c
-        return fin, r, c
 
     @_device
     def arrive(sync, shi, t, r, nchunk):
