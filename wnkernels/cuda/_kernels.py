@@ -1026,6 +1026,14 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
         cuda.syncthreads()
 
     @_device
+    def csum(sh, tx, k):
+        """Column k of thread column tx: the TY per-thread sums, in ty order."""
+        tot = A(0)
+        for y in range(TY):
+            tot += sh[(y * TX + tx) * VW + k]
+        return tot
+
+    @_device
     def chunk_bounds(head, c, chunk, rowlen):
         """(s, a, e) of chunk c of a row: chunk 0 also takes the scalar head."""
         a = min(head + c * chunk, rowlen)
@@ -1145,18 +1153,12 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
                 cuda.syncthreads()
                 if ty == 0:
                     for k in range(n):
-                        tot = A(0)
-                        for y in range(TY):  # fixed order
-                            tot += sh[(y * TX + tx) * VW + k]
-                        part[(r * nchunk + c) * CB + tx * VW + k] = tot
+                        part[(r * nchunk + c) * CB + tx * VW + k] = csum(sh, tx, k)
                 if arrive(sync, shi, t, r, nchunk):
                     ccombine(part, r * nchunk * CB + tx * VW, n, nchunk, sh, t, ty)
                     if ty == 0:
                         for k in range(n):
-                            tot = A(0)
-                            for y in range(TY):
-                                tot += sh[(y * TX + tx) * VW + k]
-                            nrm = NT(math.sqrt(tot + A(eps)))
+                            nrm = NT(math.sqrt(csum(sh, tx, k) + A(eps)))
                             norms[c0 + k] = nrm
                             part[np_ * CB + c0 + k] = load(g[gb + (c0 + k) * gs]) / C(nrm)
                     publish(sync, t, r)
@@ -1209,19 +1211,13 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
                 cuda.syncthreads()
                 if ty == 0:
                     for k in range(n):
-                        tot = A(0)
-                        for y in range(TY):
-                            tot += sh[(y * TX + tx) * VW + k]
-                        part[(r * nchunk + c) * CB + tx * VW + k] = tot
+                        part[(r * nchunk + c) * CB + tx * VW + k] = csum(sh, tx, k)
                 if arrive(sync, shi, t, r, nchunk):
                     ccombine(part, r * nchunk * CB + tx * VW, n, nchunk, sh, t, ty)
                     if ty == 0:
                         for k in range(n):
-                            tot = A(0)
-                            for y in range(TY):
-                                tot += sh[(y * TX + tx) * VW + k]
                             nrm = A(norms[nb + (c0 + k) * ns])
-                            ggrad = tot / nrm
+                            ggrad = csum(sh, tx, k) / nrm
                             grad_g[c0 + k] = store(C(ggrad))
                             gA = A(load(g[gb + (c0 + k) * gs]))
                             part[np_ * CB + 2 * (c0 + k)] = C(gA / nrm)
