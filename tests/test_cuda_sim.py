@@ -831,3 +831,96 @@ def test_recipe_refuses_unknown_arrays():
     wc.forward(lay, wc.info(vd), wc.info(gd), 1, wc.info(wd), wc.info(nd), 0.0, record=rec)
     roles = [(x, wc.info(x).ptr) for x in (vd, gd, wd)]   # norms missing
     assert _launch.Recipe.make(rec, roles, 0, "float32") is None
+
+
+# ---------------------------------------------------------------- blocks running at once
+#
+# The simulator runs a grid's blocks one after another, so in the tests above one
+# block takes every ticket.  Here the blocks of each launch run concurrently
+# (one Python thread per block manager, each with its own shared memory; started
+# in a shuffled order), so part and finish items interleave across blocks,
+# finishes wait on other blocks' arrivals, and the last-block combine, the
+# published scales and the exit protocol run under real contention.  A launch
+# that has not finished in time is a deadlock.
+
+class _ConcurrentBlocks:
+    def __init__(self, seed, timeout=600):
+        self.rng = np.random.default_rng(seed)
+        self.timeout = timeout
+
+    def __enter__(self):
+        import threading
+        from numba.cuda.simulator import kernel as K, kernelapi as KA
+        rng, timeout = self.rng, self.timeout
+
+        def shared(mod):
+            per = mod.__dict__.setdefault("_per_block_shared", {})
+            bid = tuple(threading.current_thread().blockIdx)
+            if bid not in per:
+                per[bid] = KA.FakeCUDAShared(mod._shared._dynshared_size)
+            return per[bid]
+
+        def call(kern, *args):
+            if kern._device or K._kernel_context:
+                return self.orig_call(kern, *args)
+            grid, block = K.normalize_kernel_dimensions(kern.grid_dim, kern.block_dim)
+            mod = KA.FakeCUDAModule(grid, block, kern.dynshared_size)
+            args = [K.FakeWithinKernelCUDAArray(a) if isinstance(a, FakeCUDAArray) else a
+                    for a in args]
+            errors = []
+
+            def run(point):
+                try:
+                    K.BlockManager(kern.fn, grid, block, kern._debug).run(point, *args)
+                except BaseException as e:  # reported below
+                    errors.append(e)
+
+            points = list(np.ndindex(*grid))
+            rng.shuffle(points)
+            with K._push_kernel_context(mod), KA.swapped_cuda_module(kern.fn, mod):
+                threads = [threading.Thread(target=run, args=(p,), daemon=True)
+                           for p in points]
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join(timeout)
+                    assert not th.is_alive(), "deadlock: a block did not finish"
+            if errors:
+                raise errors[0]
+
+        self.K, self.KA = K, KA
+        self.orig_call = K.FakeCUDAKernel.__call__
+        self.orig_shared = KA.FakeCUDAModule.shared
+        K.FakeCUDAKernel.__call__ = call
+        KA.FakeCUDAModule.shared = property(shared)
+        return self
+
+    def __exit__(self, *exc):
+        self.K.FakeCUDAKernel.__call__ = self.orig_call
+        self.KA.FakeCUDAModule.shared = self.orig_shared
+
+
+@sim_only
+@pytest.mark.parametrize("strategy,shape,dim", [("stream", (3, 97), 0),
+                                                ("cols", (33, 12), -1),
+                                                ("cols", (19, 7), -1)])
+def test_ticketed_kernels_with_concurrent_blocks(strategy, shape, dim, vector_on):
+    """stream and cols with every block of a launch running at once (see above):
+    right results, bitwise the same as sequential blocks, counters left at zero."""
+    wc.configure(sm_count=1, block=8)
+    rng = np.random.default_rng([len(shape), 52])
+    v = zoo.random_values(rng, shape, "float32")
+    g = zoo.random_values(rng, flat_g_shape(shape, dim), "float32", "g")
+    gw = zoo.random_values(rng, shape, "float32", "grad")
+    w0, n0 = run_forward(v, g, dim, 0.0, strategy)
+    gv0, gg0 = run_backward(gw, v, g, n0, dim, strategy)
+    del vector_on[:]
+    for seed in range(2):
+        with _ConcurrentBlocks(seed):
+            w, n = run_forward(v, g, dim, 0.0, strategy)
+            gv, gg = run_backward(gw, v, g, n0, dim, strategy)
+        assert w.tobytes() == w0.tobytes() and n.tobytes() == n0.tobytes(), seed
+        assert gv.tobytes() == gv0.tobytes() and gg.tobytes() == gg0.tobytes(), seed
+        assert not host_of(_launch._WORKSPACES[(0, 0)]["sync"]).any()
+    grids = {k for k, _ in vector_on}
+    assert grids == {f"fwd_{strategy}", f"bwd_{strategy}"}, vector_on

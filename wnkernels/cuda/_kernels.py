@@ -87,6 +87,7 @@ Device helpers are ``inline="always"`` so that ``compile_ptx`` works without a G
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -142,6 +143,11 @@ if SIM:
             return ((b >> 16) | 0x40) & 0xFFFF
         return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) & 0xFFFF
 
+    def pause():
+        """A spinning thread gives the others a turn (simulated blocks may run
+        concurrently in tests)."""
+        time.sleep(1e-4)
+
     def _quiet(fn):
         def kernel(*args):
             with np.errstate(all="ignore"):
@@ -180,6 +186,11 @@ else:
 
     def _quiet(fn):
         return fn
+
+    @_device
+    def pause():
+        """Back off while another block finishes a row (``nanosleep``)."""
+        cuda.nanosleep(np.uint32(128))
 
 
 # ---------------------------------------------------------------- indexing
@@ -933,11 +944,6 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
     # Memory order: partials and scales are written, fenced (``threadfence``), then
     # the counter is bumped; readers observe the counter, fence, and read with
     # ``ld.global.cg`` (L2, never a stale L1 line).
-
-    @_device
-    def pause():
-        if not SIM:
-            cuda.nanosleep(np.uint32(128))
 
     @_device
     def first(sync, shi, t):
