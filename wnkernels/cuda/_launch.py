@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 import time
 
 import numpy as np
@@ -793,6 +794,7 @@ def ascontiguous(a):
 # ---------------------------------------------------------------- workspaces
 
 _WORKSPACES: dict = {}
+_PER_THREAD_STREAM = 2  # CU_STREAM_PER_THREAD
 
 
 def _workspace(L, v, dtype, npart, nsync):
@@ -805,7 +807,10 @@ def _workspace(L, v, dtype, npart, nsync):
     on one stream are ordered, so reusing them there is safe; other streams get
     their own.  `empty_cache` drops them.
     """
-    ws = _WORKSPACES.setdefault((L.ordinal, L.handle), {})
+    key = (L.ordinal, L.handle)
+    if L.handle == _PER_THREAD_STREAM:  # a different stream in every host thread
+        key += (threading.get_ident(),)
+    ws = _WORKSPACES.setdefault(key, {})
     acc = np.dtype(K.acc_dtype(dtype)).name
     part = ws.get(acc)
     if part is None or part.n < npart:
