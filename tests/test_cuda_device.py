@@ -245,3 +245,17 @@ def test_remembered_call_latency_is_reported():
             f()
         torch.cuda.synchronize()
         print(f"{(time.perf_counter() - t) / 2000 * 1e6:.1f} us/call")
+
+
+def test_negative_bit_is_honoured():
+    """A tensor whose negative bit is set (torch._neg_view) is read as its values,
+    and is refused as out= (a write through the data pointer would be lost)."""
+    rng = np.random.default_rng(13)
+    v = _cuda(zoo.random_values(rng, (17, 33), "float64"), "float32")
+    g = _cuda(zoo.g_for(rng, (17, 33), 0, "float64"), "float32")
+    nv = torch._neg_view(v)
+    assert nv.is_neg()
+    w, n = wnkernels.weight_norm(nv, g)
+    assert zoo.check_forward(w, n, -v, g, 0) is None
+    with pytest.raises(ValueError):
+        wnkernels.weight_norm(v, g, out=torch._neg_view(torch.empty_like(v)))

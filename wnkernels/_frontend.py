@@ -126,6 +126,11 @@ def _info(name: str, x) -> ArrayInfo:
     tt = _torch_tensor_type()
     if tt is not None and isinstance(x, tt):
         if x.is_cuda:
+            if x.is_conj() or x.is_neg():   # the data pointer ignores these bits
+                if name == "out":
+                    raise ValueError("out: a tensor with the negative/conjugate bit "
+                                     "set cannot be written in place")
+                x = x.resolve_conj().resolve_neg()
             return _cuda().info(x)
         if x.layout is not sys.modules["torch"].strided or x.device.type != "cpu":
             raise TypeError(f"{name}: only strided CPU or CUDA torch tensors are "
