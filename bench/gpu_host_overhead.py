@@ -24,6 +24,7 @@ class FakeCudaTensor:
     def element_size(self): return self.t.element_size()
     def data_ptr(self): return self.t.data_ptr()
     def is_neg(self): return False
+    def is_conj(self): return False
     def dim(self): return self.t.dim()
 FakeCudaTensor.__module__ = "torch.fake"
 

@@ -92,7 +92,7 @@ import time
 import numpy as np
 
 from ._numba import cuda, SIM, types
-from ._vec import vload, vstore, ldcg
+from ._vec import vload, vstore, ldcg, width
 
 __all__ = ["DTYPES", "KINDS", "VKINDS", "TICKETED", "make_kernel", "signature", "storage_dtype",
            "acc_dtype", "norm_dtype", "vec_width"]
@@ -292,7 +292,7 @@ def _dtype_helpers(dtype):
 
 def vec_width(dtype: str) -> int:
     """Elements per 16-byte vector of ``dtype``'s storage type (8, 8, 4, 2)."""
-    return 16 // np.dtype(_STORAGE[dtype]).itemsize
+    return width(np.dtype(_STORAGE[dtype]).itemsize)
 
 
 def _exec_src(src, *names, **ns):
@@ -1040,6 +1040,23 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
         return tot
 
     @_device
+    def cflush(sh, acc, part, i, n, t, tx, ty):
+        """A cols part item's per-column sums (over ty, in order) to part[i + k]."""
+        cput(sh, t * VW, acc)
+        cuda.syncthreads()
+        if ty == 0:
+            for k in range(n):
+                part[i + k] = csum(sh, tx, k)
+
+    @_device
+    def tile_bounds(r, c, tx, nrows, chunk, rowlen):
+        """(first column, columns, first and end reduced index) of thread column tx
+        in cols item (tile r, chunk c)."""
+        c0 = r * CB + tx * VW
+        j0 = c * chunk
+        return c0, min(VW, nrows - c0), j0, min(j0 + chunk, rowlen)
+
+    @_device
     def chunk_bounds(head, c, chunk, rowlen):
         """(s, a, e) of chunk c of a row: chunk 0 also takes the scalar head."""
         a = min(head + c * chunk, rowlen)
@@ -1138,16 +1155,13 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
         while tk < 2 * np_:
             prefetch(sync, shi, t)
             fin, r, c = decode(tk, np_, lag, nchunk)
-            c0 = r * CB + tx * VW
-            n = min(VW, nrows - c0)
+            c0, n, j0, j1 = tile_bounds(r, c, tx, nrows, chunk, rowlen)
             vo = 0
             wo = 0
             if n > 0:
                 vo, wo = _off2(c0, ks, vks, wks)
                 vo += vb
                 wo += wb
-            j0 = c * chunk
-            j1 = min(j0 + chunk, rowlen)
             if not fin:
                 acc = czero()
                 if n > 0:
@@ -1155,11 +1169,7 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
                     while j < j1:
                         acc = csq(acc, cload(v, vo + _off1(j, rs, vrs), n))
                         j += TY
-                cput(sh, t * VW, acc)
-                cuda.syncthreads()
-                if ty == 0:
-                    for k in range(n):
-                        part[(r * nchunk + c) * CB + tx * VW + k] = csum(sh, tx, k)
+                cflush(sh, acc, part, (r * nchunk + c) * CB + tx * VW, n, t, tx, ty)
                 if arrive(sync, shi, t, r, nchunk):
                     ccombine(part, r * nchunk * CB + tx * VW, n, nchunk, sh, t, ty)
                     if ty == 0:
@@ -1178,7 +1188,7 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
                         cstore(w, wo + b, n, cscale(cload(v, vo + a, n), sc))
                         j += TY
             tk = take(shi)
-        leave(sync, shi, t, (nrows + CB - 1) // CB)
+        leave(sync, shi, t, ntile)
 
     def bwd_cols(gw, gwb, v, vb, gv, gvb, g, gb, gs, norms, nb, ns, grad_g, nrows, rowlen,
                  ks, gwks, vks, gvks, rs, gwrs, vrs, gvrs, part, sync, nchunk, chunk, lag):
@@ -1193,8 +1203,7 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
         while tk < 2 * np_:
             prefetch(sync, shi, t)
             fin, r, c = decode(tk, np_, lag, nchunk)
-            c0 = r * CB + tx * VW
-            n = min(VW, nrows - c0)
+            c0, n, j0, j1 = tile_bounds(r, c, tx, nrows, chunk, rowlen)
             go = 0
             vo = 0
             qo = 0
@@ -1203,8 +1212,6 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
                 go += gwb
                 vo += vb
                 qo += gvb
-            j0 = c * chunk
-            j1 = min(j0 + chunk, rowlen)
             if not fin:
                 acc = czero()
                 if n > 0:
@@ -1213,11 +1220,7 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
                         a, b = _off2(j, rs, gwrs, vrs)
                         acc = cdot(acc, cload(gw, go + a, n), cload(v, vo + b, n))
                         j += TY
-                cput(sh, t * VW, acc)
-                cuda.syncthreads()
-                if ty == 0:
-                    for k in range(n):
-                        part[(r * nchunk + c) * CB + tx * VW + k] = csum(sh, tx, k)
+                cflush(sh, acc, part, (r * nchunk + c) * CB + tx * VW, n, t, tx, ty)
                 if arrive(sync, shi, t, r, nchunk):
                     ccombine(part, r * nchunk * CB + tx * VW, n, nchunk, sh, t, ty)
                     if ty == 0:
@@ -1241,7 +1244,7 @@ def make_kernel(kind: str, dtype: str, block: int, shuffle: bool, sub=0):
                                                     ca, cb))
                         j += TY
             tk = take(shi)
-        leave(sync, shi, t, (nrows + CB - 1) // CB)
+        leave(sync, shi, t, ntile)
 
     def zero(a, n):
         """a[:n] = 0 (a new ``sync`` workspace)."""

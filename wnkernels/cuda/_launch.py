@@ -44,6 +44,7 @@ import numpy as np
 from ._numba import cuda, SIM
 from . import _interop
 from . import _kernels as K
+from ._vec import width
 
 __all__ = ["configure", "plan", "forward", "backward", "ascontiguous", "compile_times",
            "empty_cache", "new_record", "Recipe", "Settings"]
@@ -177,7 +178,8 @@ def _row_phase(layout, arrays):
     if not Settings.vector or layout.nrows == 0 or len(layout.red_shape) != 1:
         return None
     isz = arrays[0].itemsize
-    if layout.rowlen < 16 // isz:
+    W = width(isz)
+    if layout.rowlen < W:
         return None
     o0 = _origin(layout, 0, arrays[0])
     for k, a in enumerate(arrays):
@@ -189,7 +191,7 @@ def _row_phase(layout, arrays):
             if n > 1 and ((st - st0) * isz) % 16:
                 return None
     lo, _ = _layout_extent(layout, 0)
-    return ((o0 + lo * isz) // isz) % (16 // isz)
+    return ((o0 + lo * isz) // isz) % W
 
 
 def _cols_vector(layout, arrays) -> bool:
@@ -198,7 +200,7 @@ def _cols_vector(layout, arrays) -> bool:
     if not Settings.vector or len(layout.kept_shape) != 1:
         return False
     isz = arrays[0].itemsize
-    W = 16 // isz
+    W = width(isz)
     if layout.nrows < W:
         return False
     for k, a in enumerate(arrays):
@@ -209,13 +211,19 @@ def _cols_vector(layout, arrays) -> bool:
     return True
 
 
+def _lanes(rowlen, block):
+    """Lanes per row for short rows (``group``, ``regs``): 8 / 16 / 32 for rows of
+    <= 64 / 256 / 1024 elements, at most the block."""
+    return min(8 if rowlen <= 64 else 16 if rowlen <= 256 else 32, block)
+
+
 def _regs_shape(layout, W, nsm, block):
     """(G, R, block) for ``regs`` -- G lanes per row holding R vectors each -- or None
     when a row does not fit in registers (or too few rows to fill the GPU)."""
     rowlen, nrows = layout.rowlen, layout.nrows
     nv = _cdiv(rowlen, W)
     if rowlen <= 1024:
-        G = min(8 if rowlen <= 64 else 16 if rowlen <= 256 else 32, block)
+        G = _lanes(rowlen, block)
         R = _pow2(_cdiv(nv, G))
         if G >= W - 1 and R <= Settings.max_regs:
             return G, R, block
@@ -266,7 +274,7 @@ def plan(layout, arrays, nsm, l2, strategy=None, bwd=False):
     B = Settings.block
     nrows, rowlen = layout.nrows, layout.rowlen
     isz = arrays[0].itemsize
-    W = 16 // isz
+    W = width(isz)
     name, _, arg = (strategy or "").partition(":")
     if name and name not in ("block", "group", "cols", "split", "regs", "stream"):
         raise ValueError(f"unknown strategy {strategy!r}")
@@ -318,7 +326,7 @@ def plan(layout, arrays, nsm, l2, strategy=None, bwd=False):
         return _ticket_plan("cols", (TX, VW), B, ntile * nchunk, nchunk, chunk,
                             chunk * TX * VW * isz, bwd, nsm, l2)
     if name == "group":
-        G = int(arg) if arg else min(8 if rowlen <= 64 else 16 if rowlen <= 256 else 32, B)
+        G = int(arg) if arg else _lanes(rowlen, B)
         return Plan("group", G, B, min(_cdiv(nrows, B // G), 16 * nsm))
     if name == "split":
         n = int(arg) if arg else _nchunk(nrows, rowlen, B, nsm)
@@ -328,7 +336,7 @@ def plan(layout, arrays, nsm, l2, strategy=None, bwd=False):
 
 
 def _nchunk(nrows, rowlen, block, nsm):
-    want = -(-8 * nsm // nrows)                 # ~8 blocks per SM in all
+    want = _cdiv(8 * nsm, nrows)                # ~8 blocks per SM in all
     most = max(rowlen // (16 * block), 1)       # chunks of >= 16 * block elements
     return max(1, min(want, most))
 
@@ -469,10 +477,15 @@ def _to_numba(x):
     return cuda.from_cuda_array_interface(desc, owner=x.owner, sync=False)
 
 
-def _flat(args):
-    """Flatten kernel arguments the way numba's _Kernel._prepare_args does."""
+def _flat(args, where=None):
+    """Flatten kernel arguments the way numba's _Kernel._prepare_args does.  With
+    ``where`` a list, the flat index of each argument's value (an array's data
+    pointer, a scalar; None for tuples) is appended to it."""
     out = []
     for v in args:
+        if where is not None:
+            where.append(len(out) + 4 if isinstance(v, _Arr) else
+                         None if isinstance(v, tuple) else len(out))
         if isinstance(v, _Arr):
             isz = np.dtype(v.dtype).itemsize
             out += (0, 0, v.n, isz, v.addr, v.n, isz)
@@ -483,6 +496,15 @@ def _flat(args):
         else:
             out.append(ctypes.c_int64(int(v)))
     return out
+
+
+def _stream(handle):
+    """The cuda.core Stream of a raw stream handle (cached)."""
+    st = _STREAMS.get(handle)
+    if st is None:
+        from cuda.core import Stream
+        st = _STREAMS[handle] = Stream.from_handle(handle)
+    return st
 
 
 _CTX_HANDLE: dict = {}
@@ -539,21 +561,17 @@ class _Launcher:
             with guard:
                 self._launch(key, grid, args, nk, nr)
 
-    def _launch(self, key, grid, args, nk, nr, flat=None):
+    def _launch(self, key, grid, args, nk, nr):
         if Settings.fast_launch:
             try:
-                from cuda.core import launch, LaunchConfig, Stream
+                from cuda.core import launch, LaunchConfig
                 kern = _compiled(*key, nk, nr, self.ordinal)
                 cfg = _LAUNCH_CFG.get((grid, key[2]))
                 if cfg is None:
                     cfg = LaunchConfig(grid=grid, block=key[2])
                     _LAUNCH_CFG[(grid, key[2])] = cfg
-                st = _STREAMS.get(self.handle)
-                if st is None:
-                    st = Stream.from_handle(self.handle)
-                    _STREAMS[self.handle] = st
-                if flat is None:
-                    flat = _flat(args)
+                st = _stream(self.handle)
+                flat = _flat(args)
             except Exception as e:  # set-up failed: numba's dispatcher from now on
                 Settings.fast_launch = False
                 Settings.fast_launch_error = repr(e)
@@ -578,10 +596,11 @@ class Recipe:
     call's stream; the flat argument list is built once and only its pointer
     (and eps) slots are rewritten per call."""
 
-    __slots__ = ("ordinal", "dtype", "ws", "steps")
+    __slots__ = ("ordinal", "dtype", "ws", "steps", "resolved")
 
     def __init__(self, ordinal, dtype, ws, steps):
         self.ordinal, self.dtype, self.ws, self.steps = ordinal, dtype, ws, steps
+        self.resolved = False  # kernel handles / launch configs of the steps known
 
     @classmethod
     def make(cls, record, roles, ordinal, dtype):
@@ -591,9 +610,9 @@ class Recipe:
         ws = record["workspace"]
         steps = []
         for key, grid, args, nk, nr in record["launches"]:
-            step = _Step(key, grid, nk, nr, _flat(args))
-            pos = 0
-            for a in args:
+            where = []
+            step = _Step(key, grid, nk, nr, _flat(args, where))
+            for k, (a, pos) in enumerate(zip(args, where)):
                 if isinstance(a, _Arr):
                     role = next((i for i, (obj, _) in enumerate(roles) if obj is a.owner),
                                 None)
@@ -602,14 +621,11 @@ class Recipe:
                     if role is None:
                         return None
                     delta = a.addr - roles[role][1] if isinstance(role, int) else 0
-                    step.slots.append((pos + 4, role, delta))   # the data pointer's slot
-                    step.tmpl.append(_Slot(role, delta, a.n, a.dtype))
-                    pos += 7
-                else:
-                    if isinstance(a, float):
-                        step.eps = (pos, len(step.tmpl))
-                    step.tmpl.append(a)
-                    pos += len(a) if isinstance(a, tuple) else 1
+                    step.slots.append((pos, role, delta))
+                    a = _Slot(role, delta, a.n, a.dtype)
+                elif isinstance(a, float):
+                    step.eps = (pos, k)
+                step.tmpl.append(a)
             steps.append(step)
         return cls(ordinal, dtype, None if ws is None else ws[:2], steps)
 
@@ -621,26 +637,39 @@ class Recipe:
         if self.ws is not None:
             L = _Launcher(ordinal=self.ordinal, handle=handle)
             spans = dict(zip(("part", "sync"), _workspace(L, like, self.dtype, *self.ws)))
-        if SIM or not Settings.fast_launch or Settings.trace is not None:
-            return self._run_args(ptrs, owners, handle, spans, eps)
-        guard = _context_guard(self.ordinal)
-        if guard is None:
-            return self._run_flat(ptrs, handle, spans, eps)
-        with guard:
-            return self._run_flat(ptrs, handle, spans, eps)
+        if not (SIM or Settings.trace is not None) and self._ready():
+            guard = _context_guard(self.ordinal)
+            if guard is None:
+                return self._run_flat(ptrs, handle, spans, eps)
+            with guard:
+                return self._run_flat(ptrs, handle, spans, eps)
+        return self._run_args(ptrs, owners, handle, spans, eps)
+
+    def _ready(self) -> bool:
+        """Kernel handles and launch configs resolved for the cuda.core path;
+        False (and the fast launch off, as in `_Launcher`) if it cannot be set up."""
+        if not Settings.fast_launch:
+            return False
+        if self.resolved:
+            return True
+        try:
+            from cuda.core import LaunchConfig
+            for step in self.steps:
+                if step.kern is None:
+                    step.kern = _compiled(*step.key, step.nk, step.nr, self.ordinal)
+                    step.cfg = LaunchConfig(grid=step.grid, block=step.key[2])
+        except Exception as e:
+            Settings.fast_launch = False
+            Settings.fast_launch_error = repr(e)
+            return False
+        self.resolved = True
+        return True
 
     def _run_flat(self, ptrs, handle, spans, eps):
         """Straight to ``cuda.core.launch`` with the prepared flat arguments."""
         from cuda.core import launch
-        st = _STREAMS.get(handle)
-        if st is None:
-            from cuda.core import Stream
-            st = _STREAMS[handle] = Stream.from_handle(handle)
+        st = _stream(handle)
         for step in self.steps:
-            if step.kern is None:
-                from cuda.core import LaunchConfig
-                step.kern = _compiled(*step.key, step.nk, step.nr, self.ordinal)
-                step.cfg = LaunchConfig(grid=step.grid, block=step.key[2])
             flat = list(step.flat)
             for i, role, delta in step.slots:
                 flat[i] = ptrs[role] + delta if role.__class__ is int else spans[role].addr
@@ -786,7 +815,7 @@ def ascontiguous(a):
     S, sb = _array_span(a, st)
     D, db = _array_span(o, st)
     shape, (ss, ds) = _pad(tuple(a.shape), [tuple(a.strides), tuple(o.strides)])
-    grid = min(-(-n // L.block), 16 * L.nsm)
+    grid = min(_cdiv(n, L.block), 16 * L.nsm)
     L("copy", a.dtype, 0, grid, (S, sb, D, db, n, shape, ss, ds), len(shape), 0)
     return out
 
