@@ -125,23 +125,18 @@ def _info(name: str, x) -> ArrayInfo:
         return _numpy_info(name, x, "numpy", x)
     tt = _torch_tensor_type()
     if tt is not None and isinstance(x, tt):
+        if x.is_conj() or x.is_neg():   # the data pointer ignores these bits
+            if name == "out":   # resolving copies: writes would be lost
+                raise ValueError("out: a tensor with the negative/conjugate bit "
+                                 "set cannot be written in place")
+            x = x.resolve_conj().resolve_neg()
         if x.is_cuda:
-            if x.is_conj() or x.is_neg():   # the data pointer ignores these bits
-                if name == "out":
-                    raise ValueError("out: a tensor with the negative/conjugate bit "
-                                     "set cannot be written in place")
-                x = x.resolve_conj().resolve_neg()
             return _cuda().info(x)
         if x.layout is not sys.modules["torch"].strided or x.device.type != "cpu":
             raise TypeError(f"{name}: only strided CPU or CUDA torch tensors are "
                             f"supported, got layout={x.layout} device={x.device}")
         dtype_name = str(x.dtype).replace("torch.", "")
         t = x.detach()
-        if t.is_conj() or t.is_neg():
-            if name == "out":   # resolving copies: writes would be lost
-                raise ValueError("out: a tensor with the negative/conjugate bit "
-                                 "set cannot be written in place")
-            t = t.resolve_conj().resolve_neg()
         if dtype_name == "bfloat16":
             arr = t.view(sys.modules["torch"].int16).numpy().view(np.uint16)
         elif dtype_name in FLOAT_DTYPES:
@@ -513,11 +508,12 @@ def _gpu_record(remember: bool, info: ArrayInfo):
     return _launch.new_record()
 
 
-def _gpu_remember(kind: str, *args) -> None:
+def _gpu_fast_module():
+    """wnkernels.cuda._fast, also making `weight_norm` consult it from now on."""
     global _gpu_fast
     from .cuda import _fast
-    getattr(_fast, kind)(*args)
     _gpu_fast = _fast
+    return _fast
 
 
 def _torch_cpu_views(*tensors):
@@ -589,8 +585,8 @@ def _weight_norm(v, g, dim, eps, out):
             _cuda().forward(layout, _shift(vi, layout, 0), gi, g_stride,
                             _shift(oi, layout, 1), ni, eps, record=record)
             if record is not None:
-                _gpu_remember("remember_forward", v, g, dim, w, norms, record,
-                              vi.device[1], dtype)
+                _gpu_fast_module().remember_forward(v, g, dim, w, norms, record,
+                                                    vi.device[1], dtype)
         else:
             _cpu_ext.forward(_CODES[dtype], layout, _ptr(vi, layout, 0), gi.ptr,
                            g_stride, _ptr(oi, layout, 1), ni.ptr, eps, _threads)
@@ -633,8 +629,8 @@ def _weight_norm_backward(grad_w, v, g, norms, dim):
                              gi, g_stride, ni, n_stride, _shift(gvi, layout, 2),
                              ggi, record=record)
             if record is not None:
-                _gpu_remember("remember_backward", grad_w, v, g, norms, dim, grad_v,
-                              grad_g, record, vi.device[1], dtype)
+                _gpu_fast_module().remember_backward(grad_w, v, g, norms, dim, grad_v,
+                                                     grad_g, record, vi.device[1], dtype)
         else:
             _cpu_ext.backward(_CODES[dtype], layout, _ptr(gwi, layout, 1),
                             _ptr(vi, layout, 0), gi.ptr, g_stride, ni.ptr,
