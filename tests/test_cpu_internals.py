@@ -226,8 +226,10 @@ def test_pool_makes_room_for_new_sizes(monkeypatch):
     for size in (1 << 20, (1 << 20) + 64, (1 << 20) + 128):
         pool.get(size)                       # dropped right away
     a = pool.get(2 << 20)
-    addr = a.__array_interface__["data"][0]
+    assert [b is a.base for b in pool._bufs[2 << 20]] == [True]   # pooled
+    base_id = id(a.base)                     # the pool keeps it alive
     del a
-    assert pool.get(2 << 20).__array_interface__["data"][0] == addr
+    assert id(pool.get(2 << 20).base) == base_id   # reused, not a malloc accident
+    assert pool._pooled_bytes_locked() == 3 << 20
     assert live.base is not None and any(
         b is live.base for bufs in pool._bufs.values() for b in bufs)

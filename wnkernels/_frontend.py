@@ -329,7 +329,9 @@ class _BufferPool:
         return raw[off:off + nbytes]
 
     def _pooled_bytes_locked(self) -> int:
-        return sum(b.nbytes for bufs in self._bufs.values() for b in bufs)
+        # Counted in the sizes handed out (each buffer also carries <64 bytes
+        # of alignment slack), so a cap that fits given sizes exactly holds them.
+        return sum(size * len(bufs) for size, bufs in self._bufs.items())
 
     def clear(self) -> None:
         with self._lock:
