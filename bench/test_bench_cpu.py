@@ -1,7 +1,8 @@
 """CPU benchmarks: every case of ``wnkernels.bench.CPU_CASES``, forward and backward.
 
 Each group ("<case> <direction>") holds the same-size roofline (all-core copy / triad),
-wnkernels (allocating, and with ``out=`` for the forward), PyTorch's fused kernels and
+wnkernels (allocating, with ``out=`` for the forward, and called on torch tensors as a
+framework calls it), PyTorch's fused kernels and
 the NumPy baseline, so pytest-benchmark's table compares them directly;
 ``extra_info`` carries GB/s and % of the roofline. wnkernels' results are checked
 against a float64 reference before a case is timed.
@@ -11,7 +12,7 @@ import pytest
 
 from wnkernels import bench as wnbench
 
-IMPLS = ("roofline", "wnkernels", "wnkernels out=", "torch", "numpy")
+IMPLS = ("roofline", "wnkernels", "wnkernels out=", "wnkernels torch", "torch", "numpy")
 MATRIX = [pytest.param(c, d, i, id=tid)
           for c, d, i, tid in wnbench.benchmark_matrix(wnbench.CPU_CASES, IMPLS)]
 

@@ -183,25 +183,141 @@ def test_fast_path_never_accepts_what_the_front_end_rejects():
         wnkernels.weight_norm(v.view(np.uint16), g.view(np.uint16))
 
 
-def test_torch_fast_path_matches_numpy():
+def _torch_bits(t):
     torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(9)
-    v = rng.standard_normal((65, 33)).astype(np.float32)
-    g = rng.standard_normal((65, 1)).astype(np.float32)
-    gw = rng.standard_normal((65, 33)).astype(np.float32)
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.contiguous().numpy().tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("case", ["rows", "transposed", "dim=-1", "dim=None"])
+def test_torch_fast_path_is_taken_and_matches(dtype, case):
+    """A remembered torch call is served by `_cpu.fast_forward/backward`
+    straight from the tensors' data pointers, with the validating path's bits,
+    the same tensor types, dtypes and strides, for every dtype and layout."""
+    torch = pytest.importorskip("torch")
+    tdt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(9)
+    v = torch.randn(33, 65, generator=gen).to(tdt)
+    gw = torch.randn(33, 65, generator=gen).to(tdt)
+    dim = {"rows": 0, "transposed": 0, "dim=-1": -1, "dim=None": None}[case]
+    if case == "transposed":
+        v, gw = v.t(), gw.t()                    # strided: kept axis is fast
+    gshape = [1] * v.dim() if dim is None else \
+        [n if ax == dim % v.dim() else 1 for ax, n in enumerate(v.shape)]
+    g = torch.nn.Parameter(torch.rand(gshape, generator=gen).to(tdt) + 0.5)
+    v = torch.nn.Parameter(v)
     _cpu.forget_plans()
-    tv = torch.from_numpy(v).requires_grad_(True)
-    for _ in range(2):                           # validating path, then fast path
-        tw, tn = wnkernels.weight_norm(tv, torch.from_numpy(g))
-        tgv, tgg = wnkernels.weight_norm_backward(torch.from_numpy(gw), tv,
-                                                  torch.from_numpy(g), tn)
-        assert isinstance(tw, torch.Tensor) and isinstance(tgg, torch.Tensor)
-        w, n = wnkernels.weight_norm(v, g)
-        gv, gg = wnkernels.weight_norm_backward(gw, v, g, n)
-        assert tw.numpy().tobytes() == w.tobytes()
-        assert tgv.numpy().tobytes() == gv.tobytes()
+    w0, n0 = wnkernels.weight_norm(v, g, dim)            # validating, remembered
+    gv0, gg0 = wnkernels.weight_norm_backward(gw, v, g, n0, dim)
+    fast_f = _cpu.fast_forward(v, g, dim, 0.0, wnkernels.get_num_threads())
+    fast_b = _cpu.fast_backward(gw, v, g, n0, dim, wnkernels.get_num_threads())
+    assert fast_f is not None and fast_b is not None     # the fast path serves it
+    for ref, got in zip((w0, n0, gv0, gg0), fast_f + fast_b):
+        assert type(got) is torch.Tensor and got.dtype == ref.dtype
+        assert got.shape == ref.shape and got.stride() == ref.stride()
+        assert not got.requires_grad
+        assert _torch_bits(got) == _torch_bits(ref)
+    # and the validating path agrees with a NumPy call of the same data
+    if dtype != "bfloat16":
+        w, n = wnkernels.weight_norm(v.detach().numpy(), g.detach().numpy(), dim)
+        assert w.tobytes() == w0.detach().contiguous().numpy().tobytes()
+        assert n.tobytes() == n0.numpy().tobytes()
+
+
+def test_torch_fast_path_leaves_odd_tensors_to_the_front_end():
+    """Tensors with the key of a remembered call but data the kernels cannot
+    read in place (negative bit, misaligned data) or arguments the front end
+    rejects still get the validating path's answer or error."""
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(2)
+    v = torch.randn(8, 5, generator=gen)
+    g = torch.rand(8, 1, generator=gen) + 0.5
+    gw = torch.randn(8, 5, generator=gen)
+    _cpu.forget_plans()
+    w0, n0 = wnkernels.weight_norm(v, g)
+    gv0, gg0 = wnkernels.weight_norm_backward(gw, v, g, n0)
+    neg = (-v)._neg_view()                       # same values, negative bit set
+    assert neg.is_neg() and neg.stride() == v.stride()
+    assert _cpu.fast_forward(neg, g, 0, 0.0, 1) is None
+    w1, n1 = wnkernels.weight_norm(neg, g)
+    assert torch.equal(w1, w0) and torch.equal(n1, n0)
+    gv1, gg1 = wnkernels.weight_norm_backward(gw, neg, g, n0)
+    assert torch.equal(gv1, gv0) and torch.equal(gg1, gg0)
+    buf = np.zeros(v.numel() * 4 + 4, np.uint8)[1:1 + v.numel() * 4]
+    mis = torch.from_numpy(np.ndarray((8, 5), np.float32, buffer=buf))
+    mis.copy_(v)
+    assert mis.data_ptr() % 4 and mis.stride() == v.stride()
+    assert _cpu.fast_forward(mis, g, 0, 0.0, 1) is None
+    assert _cpu.fast_backward(gw, mis, g, n0, 0, 1) is None
+    w2, n2 = wnkernels.weight_norm(mis, g)
+    assert torch.equal(w2, w0) and torch.equal(n2, n0)
+    with pytest.raises(ValueError, match="eps"):
+        wnkernels.weight_norm(v, g, eps=-1.0)
     with pytest.raises(TypeError):
-        wnkernels.weight_norm(tv, g)             # mixed torch / NumPy
+        wnkernels.weight_norm(v, g, False)       # hashes like dim=0
+    with pytest.raises(TypeError):
+        wnkernels.weight_norm(v, g.numpy())      # mixed torch / NumPy
+    with pytest.raises(TypeError):
+        wnkernels.weight_norm(v.to(torch.int32), g.to(torch.int32))
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_out_fast_path_is_taken_and_still_checks_overlap(kind):
+    """A remembered forward with out= is served by `_cpu.fast_forward_out`
+    (same bits, the caller's out returned, in place too), while an out of the
+    same key that is read-only, overlaps v without being v, or overlaps g
+    still raises and writes nothing."""
+    rng = np.random.default_rng(4)
+    wrap = (lambda a: a) if kind == "numpy" else pytest.importorskip("torch").from_numpy
+    bits = (lambda a: np.asarray(a).tobytes())
+    v = rng.standard_normal((16, 9)).astype(np.float32)
+    g = (rng.random((16, 1)) + 0.5).astype(np.float32)
+    w_ref, n_ref = wnkernels.weight_norm(v, g)
+    _cpu.forget_plans()
+    tv, tg = wrap(v), wrap(g)
+    out = wrap(np.full_like(v, np.nan))
+    assert wnkernels.weight_norm(tv, tg, out=out)[0] is out     # validating
+    out2 = wrap(np.full_like(v, np.nan))
+    res = _cpu.fast_forward_out(tv, tg, out2, 0, 0.0, 1)
+    assert res is not None and res[0] is out2                    # fast path
+    assert bits(out2) == bits(w_ref) and bits(res[1]) == bits(n_ref)
+    # in place: registered by one call, served by the next
+    for _ in range(2):
+        x = wrap(v.copy())
+        w, n = wnkernels.weight_norm(x, tg, out=x)
+        assert w is x and bits(x) == bits(w_ref) and bits(n) == bits(n_ref)
+    x = wrap(v.copy())
+    assert _cpu.fast_forward_out(x, tg, x, 0, 0.0, 1) is not None
+    # same shapes and strides, but out overlaps v one row off: a ValueError
+    buf = np.zeros((17, 9), np.float32)
+    buf[1:] = v
+    before = buf.copy()
+    with pytest.raises(ValueError, match="out"):
+        wnkernels.weight_norm(wrap(buf[1:]), tg, out=wrap(buf[:-1]))
+    assert bits(buf) == bits(before)
+    # out overlapping g (g lives inside out's memory), after a call with the
+    # same strides but separate memory
+    def strided_g():
+        gbuf = np.zeros((16, 9), np.float32)
+        gbuf[:, :1] = g
+        return gbuf, gbuf[:, :1]                # g: (16, 1), row stride 9
+    _, gsep = strided_g()
+    wnkernels.weight_norm(tv, wrap(gsep), out=wrap(np.zeros_like(v)))
+    assert _cpu.fast_forward_out(tv, wrap(gsep), wrap(np.zeros_like(v)),
+                                 0, 0.0, 1) is not None
+    gbuf, gin = strided_g()
+    with pytest.raises(ValueError, match="out"):
+        wnkernels.weight_norm(tv, wrap(gin), out=wrap(gbuf))
+    assert bits(gbuf[:, :1]) == bits(g) and not gbuf[:, 1:].any()
+    if kind == "numpy":
+        ro = np.zeros_like(v)
+        ro.flags.writeable = False
+        with pytest.raises(ValueError, match="read-only"):
+            wnkernels.weight_norm(v, g, out=ro)
+        assert not ro.any()
 
 
 def test_out_that_overlaps_itself_is_rejected():

@@ -29,6 +29,7 @@ from ._arrays import FLOAT_DTYPES, ArrayInfo
 from ._layout import make_layout, normalize_dim
 
 _fast_forward = _cpu_ext.fast_forward
+_fast_forward_out = _cpu_ext.fast_forward_out
 _fast_backward = _cpu_ext.fast_backward
 
 __all__ = ["weight_norm", "weight_norm_backward", "set_num_threads",
@@ -456,7 +457,11 @@ def weight_norm(v, g, dim=0, *, eps=0.0, out=None):
     (w, norms): w like v; norms in g's shape, float32 for half types.
     Same kind of array as the inputs, on the same device.
     """
-    if out is None:
+    if out is not None:
+        res = _fast_forward_out(v, g, out, dim, eps, _threads)
+        if res is not None:
+            return res
+    else:
         res = _fast_forward(v, g, dim, eps, _threads)
         if res is not None:
             return res
@@ -464,11 +469,6 @@ def weight_norm(v, g, dim=0, *, eps=0.0, out=None):
             res = _gpu_fast.forward(v, g, dim, _check_eps(eps))
             if res is not None:
                 return res
-        arrays = _torch_cpu_views(v, g)
-        if arrays is not None:
-            res = _fast_forward(*arrays, dim, eps, _threads)
-            if res is not None:
-                return _to_torch(res)
     return _weight_norm(v, g, dim, eps, out)
 
 
@@ -488,11 +488,6 @@ def weight_norm_backward(grad_w, v, g, norms, dim=0):
         res = _gpu_fast.backward(grad_w, v, g, norms, dim)
         if res is not None:
             return res
-    arrays = _torch_cpu_views(grad_w, v, g, norms)
-    if arrays is not None:
-        res = _fast_backward(*arrays, dim, _threads)
-        if res is not None:
-            return _to_torch(res)
     return _weight_norm_backward(grad_w, v, g, norms, dim)
 
 
@@ -516,30 +511,6 @@ def _gpu_fast_module():
     from .cuda import _fast
     _gpu_fast = _fast
     return _fast
-
-
-def _torch_cpu_views(*tensors):
-    """NumPy views of plain CPU torch tensors (float16/32/64), for the
-    remembered-plan fast path; None when any argument is something else."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    fast = (torch.float16, torch.float32, torch.float64)
-    views = []
-    for t in tensors:
-        if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.is_conj() \
-                or t.is_neg() or t.dtype not in fast:
-            return None
-        try:
-            views.append(t.detach().numpy())
-        except (RuntimeError, TypeError):
-            return None
-    return views
-
-
-def _to_torch(arrays):
-    from_numpy = sys.modules["torch"].from_numpy
-    return tuple(from_numpy(a) for a in arrays)
 
 
 def _weight_norm(v, g, dim, eps, out):
@@ -592,12 +563,8 @@ def _weight_norm(v, g, dim, eps, out):
         else:
             _cpu_ext.forward(_CODES[dtype], layout, _ptr(vi, layout, 0), gi.ptr,
                            g_stride, _ptr(oi, layout, 1), ni.ptr, eps, _threads)
-    if out is None and not g_copied and _fast_path_ok(dim, vi.base, gi.base):
-        vb, gb = vi.base, gi.base
-        _cpu_ext.remember_forward(
-            (vb.dtype, vb.shape, vb.strides, gb.dtype, gb.shape, gb.strides, dim),
-            layout, _CODES[dtype], g_stride, *_dense_order(vi.shape, vi.strides),
-            vb.dtype, gb.shape, np.dtype(norm_dtype))
+    if not g_copied:
+        _remember_forward(dim, (v, g, out), (vi, gi, oi), layout, dtype, g_stride)
     return w, norms
 
 
@@ -637,30 +604,75 @@ def _weight_norm_backward(grad_w, v, g, norms, dim):
             _cpu_ext.backward(_CODES[dtype], layout, _ptr(gwi, layout, 1),
                             _ptr(vi, layout, 0), gi.ptr, g_stride, ni.ptr,
                             n_stride, _ptr(gvi, layout, 2), ggi.ptr, _threads)
-    bases = [i.base for i in (gwi, vi, gi, ni)]
-    if not copied and _fast_path_ok(dim, *bases):
-        gwb, vb, gb, nb = bases
+    plan = None if copied else _cpu_plan_key(dim, (grad_w, v, g, norms),
+                                             (gwi, vi, gi, ni))
+    if plan is not None:
+        key, views = plan
         _cpu_ext.remember_backward(
-            (gwb.dtype, gwb.shape, gwb.strides, vb.dtype, vb.shape, vb.strides,
-             gb.dtype, gb.shape, gb.strides, nb.dtype, nb.shape, nb.strides, dim),
-            layout, _CODES[dtype], g_stride, n_stride,
-            *_dense_order(vi.shape, vi.strides), vb.dtype, gb.shape)
+            key, layout, _CODES[dtype], g_stride, n_stride,
+            *_dense_order(vi.shape, vi.strides), vi.base.dtype, gi.shape,
+            views and (views[0], views[0]))       # grad_g in v's dtype
     return grad_v, grad_g
 
 
 _CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 
 
-def _fast_path_ok(dim, *arrays) -> bool:
-    """Whether a validated call may be remembered for `_cpu.fast_forward` /
-    `fast_backward`: an int or None dim and the NumPy arrays the kernels
-    read (for torch inputs, their NumPy views) plain, native and aligned."""
+def _remember_forward(dim, args, infos, layout, dtype, g_stride):
+    """Remember a validated CPU forward for `_cpu.fast_forward` (or, with
+    out=, `fast_forward_out`).  args/infos: v, g, out (None without out=)."""
+    v, g, out = args
+    vi, gi, oi = infos
+    if out is None:
+        args, infos = args[:2], infos[:2]
+    plan = _cpu_plan_key(dim, args, infos)
+    if plan is None:
+        return
+    key, views = plan
+    norm_dtype = np.dtype(FLOAT_DTYPES[dtype])
+    views = views and (views[0], None)                 # norms: float32 for bfloat16
+    if out is None:
+        _cpu_ext.remember_forward(
+            key, layout, _CODES[dtype], g_stride, *_dense_order(vi.shape, vi.strides),
+            vi.base.dtype, gi.shape, norm_dtype, views)
+    else:
+        extents = [tuple(x - i.ptr for x in i.extent()) for i in (vi, oi, gi)]
+        _cpu_ext.remember_forward_out(
+            key, layout, _CODES[dtype], g_stride, vi.base.dtype, gi.shape,
+            norm_dtype, extents, oi.strides == vi.strides, views)
+
+
+def _cpu_plan_key(dim, args, infos):
+    """(key, torch views) under which a validated CPU call may be remembered for
+    `_cpu.fast_forward` / `fast_backward`, or None.
+
+    NumPy calls are keyed on the arrays the kernels read (dtype, shape, strides),
+    which must be plain, native and aligned; bfloat16 travels as uint16 bits, so
+    ml_dtypes calls are not remembered (a real uint16 call must still raise).
+    Torch calls are keyed on the tensors as given (`_cpu.torch_key`), and only
+    when the kernels read them in place: no negative/conjugate bit resolved and
+    no aligning copy.  The views are the torch dtypes (bfloat16, else None) the
+    uint16 outputs of a bfloat16 call are viewed as.
+    """
     if dim is not None and type(dim) is not int:
-        return False
-    # bfloat16 is handed to the kernels as uint16 bits: never key a plan on
-    # uint16 (a real uint16 call must still raise TypeError).
-    return all(type(a) is np.ndarray and a.dtype.isnative and a.flags.aligned
-               and a.dtype.name in FLOAT_DTYPES for a in arrays)
+        return None
+    kind = infos[0].kind
+    bases = [i.base for i in infos]
+    if not all(type(b) is np.ndarray and b.dtype.isnative and b.flags.aligned
+               for b in bases):
+        return None
+    if kind == "numpy":
+        if not all(b.dtype.name in FLOAT_DTYPES for b in bases):
+            return None
+        return tuple(x for b in bases for x in (b.dtype, b.shape, b.strides)) + (dim,), None
+    if kind == "torch":
+        if not all(i.obj is a and i.ptr == a.data_ptr() for a, i in zip(args, infos)):
+            return None
+        torch = sys.modules["torch"]
+        _cpu_ext.set_torch(torch)
+        view = torch.bfloat16 if infos[0].dtype == "bfloat16" else None
+        return _cpu_ext.torch_key(*args) + (dim,), (view,)
+    return None
 
 
 def _ptr(info: ArrayInfo, layout, a: int) -> int:

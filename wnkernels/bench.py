@@ -161,7 +161,7 @@ def benchmark_matrix(cases: Sequence[Case],
                      impls: Sequence[str]) -> List[Tuple[Case, str, str, str]]:
     """``(case, direction, impl, test id)`` in run order (a case's tests back to back), for
     the pytest-benchmark suite in ``bench/``; ``"wnkernels out="`` is forward only."""
-    return [(c, d, i, f"{c.id}-{d}-{i.replace(' out=', '_out')}")
+    return [(c, d, i, f"{c.id}-{d}-{i.replace(' out=', '_out').replace(' ', '_')}")
             for c in cases for d in DIRECTIONS for i in impls
             if not (i == "wnkernels out=" and d == "backward")]
 
@@ -465,6 +465,8 @@ class CpuWorkload(_Workload):
             self.tv, self.tg, self.tgw = as_torch(v), as_torch(g), as_torch(gw)
             self.tdim = case.kept_axis  # torch wants 0 or ndim-1, not -1
             _, self.t_norms = torch._weight_norm_interface(self.tv, self.tg, self.tdim)
+            # wnkernels called on the torch tensors, as a framework calls it
+            self.t_norms_wn = wn.weight_norm(self.tv, self.tg, dim)[1]
 
         # NumPy baseline (half types computed in float32 with conversions, as a NumPy
         # user would write it).
@@ -506,6 +508,7 @@ class CpuWorkload(_Workload):
             }
             if torch is not None:
                 tv, tg, tdim = self.tv, self.tg, self.tdim
+                out["wnkernels torch"] = lambda: wn.weight_norm(tv, tg, dim)
                 out["torch"] = lambda: torch._weight_norm_interface(tv, tg, tdim)
             out["numpy"] = self._np_forward
         else:
@@ -518,7 +521,9 @@ class CpuWorkload(_Workload):
             }
             if torch is not None:
                 tv, tg, tgw, tn, tdim = self.tv, self.tg, self.tgw, self.t_norms, self.tdim
+                tnw = self.t_norms_wn
                 bwd = torch.ops.aten._weight_norm_interface_backward
+                out["wnkernels torch"] = lambda: wn.weight_norm_backward(tgw, tv, tg, tnw, dim)
                 out["torch"] = lambda: bwd(tgw, tv, tg, tn, tdim)
             out["numpy"] = self._np_backward
         return out
