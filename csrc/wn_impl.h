@@ -388,6 +388,81 @@ WN_INLINE void FN(bwd_row_scalars)(double dot, NT norm_in, T g, T *grad_g,
 
 /* ---- row mode drivers -------------------------------------------------- */
 
+/* One thread's share of a row-mode forward (all of it outside a team). */
+WN_INLINE void FN(fwd_rows_team)(const wn_layout *L, const wn_rowgeom *Gp,
+                                 int simple, int split, double *part,
+                                 const T *v, const T *g, int64_t gs, T *w,
+                                 NT *norms, double eps, int nt)
+{
+    const wn_rowgeom G = *Gp;
+    if (simple) {
+        /* One contiguous piece per row at a fixed row stride: the same
+         * arithmetic as below without the layout walking (short rows
+         * would otherwise spend more time there than on data). */
+        const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
+        const int64_t sw = L->kept_ndim ? L->kept_stride[1][0] : 0;
+        const int64_t n = L->rowlen;
+        /* Rows in batches: all sums first, then all square roots and
+         * divisions (independent, so they pipeline instead of each row
+         * waiting on its own sqrt -> divide chain), then the scaling
+         * while the batch is still in L1 (which sizes the batch). */
+        const int rb = wn_row_batch(n, sizeof(T), 1);
+        const int64_t nbatch = (L->nrows + rb - 1) / rb;
+#pragma omp for schedule(static)
+        for (int64_t bt = 0; bt < nbatch; bt++) {
+            const int64_t r0 = bt * rb;
+            const int nb = L->nrows - r0 < rb ? (int)(L->nrows - r0) : rb;
+            double tot[WN_ROWBATCH];
+            CT scale[WN_ROWBATCH];
+            for (int k = 0; k < nb; k++) {
+                wn_v8d acc[4] = {{0}};
+                FN(vsumsq)(acc, v + (r0 + k) * sv, n);
+                tot[k] = wn_v8d_total(acc);
+            }
+            for (int k = 0; k < nb; k++)
+                scale[k] = FN(fwd_row_scalars)(tot[k], eps, g[(r0 + k) * gs],
+                                               &norms[r0 + k]);
+            for (int k = 0; k < nb; k++)
+                FN(scale_run)(w + (r0 + k) * sw, 1, v + (r0 + k) * sv, 1, n,
+                              scale[k], nt);
+        }
+    } else if (!split) {
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < L->nrows; r++) {
+            int64_t ro[2];
+            wn_row_offsets(L, 2, r, ro);
+            wn_ksum k = {0.0, 0.0};
+            for (int64_t p = 0; p < G.npieces; p++)
+                wn_ksum_add(&k, FN(piece_sumsq)(L, &G, v, ro, p));
+            CT scale = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
+                                           g[r * gs], &norms[r]);
+            for (int64_t p = 0; p < G.npieces; p++)
+                FN(piece_scale)(L, &G, v, w, ro, p, scale, nt);
+        }
+    } else {
+        const int tid = wn_thread_num(), nteam = wn_num_threads();
+        const int64_t lo = G.npieces * tid / nteam,
+                      hi = G.npieces * (tid + 1) / nteam;
+        for (int64_t r = 0; r < L->nrows; r++) {
+            int64_t ro[2];
+            double *pr = part + r * G.npieces;
+            wn_row_offsets(L, 2, r, ro);
+            for (int64_t p = lo; p < hi; p++)
+                pr[p] = FN(piece_sumsq)(L, &G, v, ro, p);
+#pragma omp barrier
+            wn_ksum k = {0.0, 0.0};
+            for (int64_t p = 0; p < G.npieces; p++) wn_ksum_add(&k, pr[p]);
+            NT norm;
+            CT scale = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
+                                           g[r * gs], &norm);
+            if (tid == 0) norms[r] = norm;
+            for (int64_t p = hi - 1; p >= lo; p--)
+                FN(piece_scale)(L, &G, v, w, ro, p, scale, nt);
+        }
+    }
+    if (nt) wn_sfence();
+}
+
 static void FN(fwd_rows)(const wn_layout *L, const T *v, const T *g,
                          int64_t gs, T *w, NT *norms, double eps, int nth,
                          int nt)
@@ -397,77 +472,81 @@ static void FN(fwd_rows)(const wn_layout *L, const T *v, const T *g,
     double *part = split ? malloc(sizeof(double) * L->nrows * G.npieces) : NULL;
     if (!part) split = 0;
     const int simple = wn_simple_rows(L, 2, &G);
-
-#pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        if (simple) {
-            /* One contiguous piece per row at a fixed row stride: the same
-             * arithmetic as below without the layout walking (short rows
-             * would otherwise spend more time there than on data). */
-            const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
-            const int64_t sw = L->kept_ndim ? L->kept_stride[1][0] : 0;
-            const int64_t n = L->rowlen;
-            /* Rows in batches: all sums first, then all square roots and
-             * divisions (independent, so they pipeline instead of each row
-             * waiting on its own sqrt -> divide chain), then the scaling
-             * while the batch is still in L1 (which sizes the batch). */
-            const int rb = wn_row_batch(n, sizeof(T), 1);
-            const int64_t nbatch = (L->nrows + rb - 1) / rb;
-#pragma omp for schedule(static)
-            for (int64_t bt = 0; bt < nbatch; bt++) {
-                const int64_t r0 = bt * rb;
-                const int nb = L->nrows - r0 < rb ? (int)(L->nrows - r0) : rb;
-                double tot[WN_ROWBATCH];
-                CT scale[WN_ROWBATCH];
-                for (int k = 0; k < nb; k++) {
-                    wn_v8d acc[4] = {{0}};
-                    FN(vsumsq)(acc, v + (r0 + k) * sv, n);
-                    tot[k] = wn_v8d_total(acc);
-                }
-                for (int k = 0; k < nb; k++)
-                    scale[k] = FN(fwd_row_scalars)(tot[k], eps, g[(r0 + k) * gs],
-                                                   &norms[r0 + k]);
-                for (int k = 0; k < nb; k++)
-                    FN(scale_run)(w + (r0 + k) * sw, 1, v + (r0 + k) * sv, 1, n,
-                                  scale[k], nt);
-            }
-        } else if (!split) {
-#pragma omp for schedule(static)
-            for (int64_t r = 0; r < L->nrows; r++) {
-                int64_t ro[2];
-                wn_row_offsets(L, 2, r, ro);
-                wn_ksum k = {0.0, 0.0};
-                for (int64_t p = 0; p < G.npieces; p++)
-                    wn_ksum_add(&k, FN(piece_sumsq)(L, &G, v, ro, p));
-                CT scale = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
-                                               g[r * gs], &norms[r]);
-                for (int64_t p = 0; p < G.npieces; p++)
-                    FN(piece_scale)(L, &G, v, w, ro, p, scale, nt);
-            }
-        } else {
-            const int tid = wn_thread_num(), nteam = wn_num_threads();
-            const int64_t lo = G.npieces * tid / nteam,
-                          hi = G.npieces * (tid + 1) / nteam;
-            for (int64_t r = 0; r < L->nrows; r++) {
-                int64_t ro[2];
-                double *pr = part + r * G.npieces;
-                wn_row_offsets(L, 2, r, ro);
-                for (int64_t p = lo; p < hi; p++)
-                    pr[p] = FN(piece_sumsq)(L, &G, v, ro, p);
-#pragma omp barrier
-                wn_ksum k = {0.0, 0.0};
-                for (int64_t p = 0; p < G.npieces; p++) wn_ksum_add(&k, pr[p]);
-                NT norm;
-                CT scale = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
-                                               g[r * gs], &norm);
-                if (tid == 0) norms[r] = norm;
-                for (int64_t p = hi - 1; p >= lo; p--)
-                    FN(piece_scale)(L, &G, v, w, ro, p, scale, nt);
-            }
-        }
-        if (nt) wn_sfence();
-    }
+    WN_TEAM(nth, FN(fwd_rows_team)(L, &G, simple, split, part, v, g, gs, w,
+                                   norms, eps, nt));
     free(part);
+}
+
+/* One thread's share of a row-mode backward (all of it outside a team). */
+WN_INLINE void FN(bwd_rows_team)(const wn_layout *L, const wn_rowgeom *Gp,
+                                 int simple, int split, double *part,
+                                 const T *v, const T *gw, const T *g, int64_t gs,
+                                 const NT *norms, int64_t ns, T *gv, T *grad_g,
+                                 int nt)
+{
+    const wn_rowgeom G = *Gp;
+    if (simple) {
+        const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
+        const int64_t sgw = L->kept_ndim ? L->kept_stride[1][0] : 0;
+        const int64_t sgv = L->kept_ndim ? L->kept_stride[2][0] : 0;
+        const int64_t n = L->rowlen;
+        const int rb = wn_row_batch(n, sizeof(T), 2);
+        const int64_t nbatch = (L->nrows + rb - 1) / rb;
+#pragma omp for schedule(static)
+        for (int64_t bt = 0; bt < nbatch; bt++) {
+            const int64_t r0 = bt * rb;
+            const int nb = L->nrows - r0 < rb ? (int)(L->nrows - r0) : rb;
+            double tot[WN_ROWBATCH];
+            BT a[WN_ROWBATCH], b[WN_ROWBATCH];
+            for (int k = 0; k < nb; k++) {
+                wn_v8d acc[4] = {{0}};
+                FN(vdot)(acc, v + (r0 + k) * sv, gw + (r0 + k) * sgw, n);
+                tot[k] = wn_v8d_total(acc);
+            }
+            for (int k = 0; k < nb; k++)
+                FN(bwd_row_scalars)(tot[k], norms[(r0 + k) * ns], g[(r0 + k) * gs],
+                                    &grad_g[r0 + k], &a[k], &b[k]);
+            for (int k = 0; k < nb; k++)
+                FN(bwd_run)(gv + (r0 + k) * sgv, 1, gw + (r0 + k) * sgw, 1,
+                            v + (r0 + k) * sv, 1, n, a[k], b[k], nt);
+        }
+    } else if (!split) {
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < L->nrows; r++) {
+            int64_t ro[3];
+            wn_row_offsets(L, 3, r, ro);
+            wn_ksum k = {0.0, 0.0};
+            for (int64_t p = 0; p < G.npieces; p++)
+                wn_ksum_add(&k, FN(piece_dot)(L, &G, v, gw, ro, p));
+            BT a, b;
+            FN(bwd_row_scalars)(wn_ksum_value(&k), norms[r * ns],
+                                g[r * gs], &grad_g[r], &a, &b);
+            for (int64_t p = 0; p < G.npieces; p++)
+                FN(piece_bwd)(L, &G, v, gw, gv, ro, p, a, b, nt);
+        }
+    } else {
+        const int tid = wn_thread_num(), nteam = wn_num_threads();
+        const int64_t lo = G.npieces * tid / nteam,
+                      hi = G.npieces * (tid + 1) / nteam;
+        for (int64_t r = 0; r < L->nrows; r++) {
+            int64_t ro[3];
+            double *pr = part + r * G.npieces;
+            wn_row_offsets(L, 3, r, ro);
+            for (int64_t p = lo; p < hi; p++)
+                pr[p] = FN(piece_dot)(L, &G, v, gw, ro, p);
+#pragma omp barrier
+            wn_ksum k = {0.0, 0.0};
+            for (int64_t p = 0; p < G.npieces; p++) wn_ksum_add(&k, pr[p]);
+            BT a, b;
+            T ggr;
+            FN(bwd_row_scalars)(wn_ksum_value(&k), norms[r * ns],
+                                g[r * gs], &ggr, &a, &b);
+            if (tid == 0) grad_g[r] = ggr;
+            for (int64_t p = hi - 1; p >= lo; p--)
+                FN(piece_bwd)(L, &G, v, gw, gv, ro, p, a, b, nt);
+        }
+    }
+    if (nt) wn_sfence();
 }
 
 static void FN(bwd_rows)(const wn_layout *L, const T *v, const T *gw,
@@ -479,72 +558,8 @@ static void FN(bwd_rows)(const wn_layout *L, const T *v, const T *gw,
     double *part = split ? malloc(sizeof(double) * L->nrows * G.npieces) : NULL;
     if (!part) split = 0;
     const int simple = wn_simple_rows(L, 3, &G);
-
-#pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        if (simple) {
-            const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
-            const int64_t sgw = L->kept_ndim ? L->kept_stride[1][0] : 0;
-            const int64_t sgv = L->kept_ndim ? L->kept_stride[2][0] : 0;
-            const int64_t n = L->rowlen;
-            const int rb = wn_row_batch(n, sizeof(T), 2);
-            const int64_t nbatch = (L->nrows + rb - 1) / rb;
-#pragma omp for schedule(static)
-            for (int64_t bt = 0; bt < nbatch; bt++) {
-                const int64_t r0 = bt * rb;
-                const int nb = L->nrows - r0 < rb ? (int)(L->nrows - r0) : rb;
-                double tot[WN_ROWBATCH];
-                BT a[WN_ROWBATCH], b[WN_ROWBATCH];
-                for (int k = 0; k < nb; k++) {
-                    wn_v8d acc[4] = {{0}};
-                    FN(vdot)(acc, v + (r0 + k) * sv, gw + (r0 + k) * sgw, n);
-                    tot[k] = wn_v8d_total(acc);
-                }
-                for (int k = 0; k < nb; k++)
-                    FN(bwd_row_scalars)(tot[k], norms[(r0 + k) * ns], g[(r0 + k) * gs],
-                                        &grad_g[r0 + k], &a[k], &b[k]);
-                for (int k = 0; k < nb; k++)
-                    FN(bwd_run)(gv + (r0 + k) * sgv, 1, gw + (r0 + k) * sgw, 1,
-                                v + (r0 + k) * sv, 1, n, a[k], b[k], nt);
-            }
-        } else if (!split) {
-#pragma omp for schedule(static)
-            for (int64_t r = 0; r < L->nrows; r++) {
-                int64_t ro[3];
-                wn_row_offsets(L, 3, r, ro);
-                wn_ksum k = {0.0, 0.0};
-                for (int64_t p = 0; p < G.npieces; p++)
-                    wn_ksum_add(&k, FN(piece_dot)(L, &G, v, gw, ro, p));
-                BT a, b;
-                FN(bwd_row_scalars)(wn_ksum_value(&k), norms[r * ns],
-                                    g[r * gs], &grad_g[r], &a, &b);
-                for (int64_t p = 0; p < G.npieces; p++)
-                    FN(piece_bwd)(L, &G, v, gw, gv, ro, p, a, b, nt);
-            }
-        } else {
-            const int tid = wn_thread_num(), nteam = wn_num_threads();
-            const int64_t lo = G.npieces * tid / nteam,
-                          hi = G.npieces * (tid + 1) / nteam;
-            for (int64_t r = 0; r < L->nrows; r++) {
-                int64_t ro[3];
-                double *pr = part + r * G.npieces;
-                wn_row_offsets(L, 3, r, ro);
-                for (int64_t p = lo; p < hi; p++)
-                    pr[p] = FN(piece_dot)(L, &G, v, gw, ro, p);
-#pragma omp barrier
-                wn_ksum k = {0.0, 0.0};
-                for (int64_t p = 0; p < G.npieces; p++) wn_ksum_add(&k, pr[p]);
-                BT a, b;
-                T ggr;
-                FN(bwd_row_scalars)(wn_ksum_value(&k), norms[r * ns],
-                                    g[r * gs], &ggr, &a, &b);
-                if (tid == 0) grad_g[r] = ggr;
-                for (int64_t p = hi - 1; p >= lo; p--)
-                    FN(piece_bwd)(L, &G, v, gw, gv, ro, p, a, b, nt);
-            }
-        }
-        if (nt) wn_sfence();
-    }
+    WN_TEAM(nth, FN(bwd_rows_team)(L, &G, simple, split, part, v, gw, g, gs,
+                                   norms, ns, gv, grad_g, nt));
     free(part);
 }
 
@@ -650,6 +665,78 @@ static void FN(col_apply)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
     }
 }
 
+/* One thread's share of a column-mode call (all of it outside a team). */
+WN_INLINE void FN(cols_team)(const wn_layout *L, const wn_colgeom *Gp,
+                             int64_t units, double *scratch, double *part,
+                             void *scal, const T *v, const T *gw, const T *g,
+                             int64_t gs, double eps, T *w, void *norms_out,
+                             const NT *norms_in, int64_t ns, T *gv, T *grad_g,
+                             int nt)
+{
+    const wn_colgeom G = *Gp;
+    const int bwd = gw != NULL;
+    double small[WN_COLSCR * WN_COLBLK_MIN];
+    double *scr = scratch ? scratch + (size_t)wn_thread_num() * WN_COLSCR * WN_COLBLK
+                          : small;
+    double *tot = scr + 5 * G.cb;
+    if (!part) {
+        CT *scale = (CT *)(scr + 6 * G.cb);
+        BT *ca = (BT *)(scr + 7 * G.cb), *cb = (BT *)(scr + 8 * G.cb);
+#pragma omp for schedule(static)
+        for (int64_t u = 0; u < units; u++) {
+            const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
+            const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
+            FN(col_total)(L, &G, r0, nc, 0, G.nsc, v, gw, scr, tot);
+            for (int64_t c = 0; c < nc; c++) {
+                const int64_t r = r0 + c;
+                if (bwd)
+                    FN(bwd_row_scalars)(tot[c], norms_in[r * ns], g[r * gs],
+                                        &grad_g[r], &ca[c], &cb[c]);
+                else
+                    scale[c] = FN(fwd_row_scalars)(tot[c], eps, g[r * gs],
+                                                   (NT *)norms_out + r);
+            }
+            FN(col_apply)(L, &G, r0, nc, 0, G.nsc, v, w, scale, gw, gv, ca, cb, nt);
+        }
+    } else {
+        /* Each thread's share of the items, walked forwards in pass 1
+         * and backwards in pass 3: its last reads are its first
+         * re-reads, while they are still in cache. */
+        const int64_t nitems = units * G.nsc;
+        const int tid = wn_thread_num(), nteam = wn_num_threads();
+        const int64_t lo = nitems * tid / nteam, hi = nitems * (tid + 1) / nteam;
+        for (int64_t i = lo; i < hi; i++) {
+            const int64_t u = i / G.nsc, s = i % G.nsc;
+            const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
+            const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
+            FN(col_total)(L, &G, r0, nc, s, s + 1, v, gw, scr, tot);
+            for (int64_t c = 0; c < nc; c++) part[s * L->nrows + r0 + c] = tot[c];
+        }
+#pragma omp barrier
+        CT *scale = (CT *)scal;
+        BT *ca = (BT *)scal, *cb = (BT *)scal + L->nrows;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < L->nrows; r++) {
+            wn_ksum k = {0.0, 0.0};
+            for (int64_t s = 0; s < G.nsc; s++) wn_ksum_add(&k, part[s * L->nrows + r]);
+            if (bwd)
+                FN(bwd_row_scalars)(wn_ksum_value(&k), norms_in[r * ns],
+                                    g[r * gs], &grad_g[r], &ca[r], &cb[r]);
+            else
+                scale[r] = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
+                                               g[r * gs], (NT *)norms_out + r);
+        }
+        for (int64_t i = hi - 1; i >= lo; i--) {
+            const int64_t u = i / G.nsc, s = i % G.nsc;
+            const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
+            const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
+            FN(col_apply)(L, &G, r0, nc, s, s + 1, v, w, scale + r0, gw, gv,
+                          ca + r0, cb + r0, nt);
+        }
+    }
+    if (nt) wn_sfence();
+}
+
 /* Column strategy.  Few superchunks (short reduced extent): each thread
  * takes whole column blocks and runs both passes while the block is in L2.
  * Many superchunks with several threads: (1) all threads sum superchunks of
@@ -678,69 +765,8 @@ static void FN(cols)(const wn_layout *L, const T *v, const T *gw, const T *g,
         if (!part || !scal) { free(part); free(scal); part = NULL; scal = NULL; }
     }
 
-#pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        double small[WN_COLSCR * WN_COLBLK_MIN];
-        double *scr = scratch ? scratch + (size_t)wn_thread_num() * WN_COLSCR * WN_COLBLK
-                              : small;
-        double *tot = scr + 5 * G.cb;
-        if (!part) {
-            CT *scale = (CT *)(scr + 6 * G.cb);
-            BT *ca = (BT *)(scr + 7 * G.cb), *cb = (BT *)(scr + 8 * G.cb);
-#pragma omp for schedule(static)
-            for (int64_t u = 0; u < units; u++) {
-                const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
-                const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
-                FN(col_total)(L, &G, r0, nc, 0, G.nsc, v, gw, scr, tot);
-                for (int64_t c = 0; c < nc; c++) {
-                    const int64_t r = r0 + c;
-                    if (bwd)
-                        FN(bwd_row_scalars)(tot[c], norms_in[r * ns], g[r * gs],
-                                            &grad_g[r], &ca[c], &cb[c]);
-                    else
-                        scale[c] = FN(fwd_row_scalars)(tot[c], eps, g[r * gs],
-                                                       (NT *)norms_out + r);
-                }
-                FN(col_apply)(L, &G, r0, nc, 0, G.nsc, v, w, scale, gw, gv, ca, cb, nt);
-            }
-        } else {
-            /* Each thread's share of the items, walked forwards in pass 1
-             * and backwards in pass 3: its last reads are its first
-             * re-reads, while they are still in cache. */
-            const int64_t nitems = units * G.nsc;
-            const int tid = wn_thread_num(), nteam = wn_num_threads();
-            const int64_t lo = nitems * tid / nteam, hi = nitems * (tid + 1) / nteam;
-            for (int64_t i = lo; i < hi; i++) {
-                const int64_t u = i / G.nsc, s = i % G.nsc;
-                const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
-                const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
-                FN(col_total)(L, &G, r0, nc, s, s + 1, v, gw, scr, tot);
-                for (int64_t c = 0; c < nc; c++) part[s * L->nrows + r0 + c] = tot[c];
-            }
-#pragma omp barrier
-            CT *scale = (CT *)scal;
-            BT *ca = (BT *)scal, *cb = (BT *)scal + L->nrows;
-#pragma omp for schedule(static)
-            for (int64_t r = 0; r < L->nrows; r++) {
-                wn_ksum k = {0.0, 0.0};
-                for (int64_t s = 0; s < G.nsc; s++) wn_ksum_add(&k, part[s * L->nrows + r]);
-                if (bwd)
-                    FN(bwd_row_scalars)(wn_ksum_value(&k), norms_in[r * ns],
-                                        g[r * gs], &grad_g[r], &ca[r], &cb[r]);
-                else
-                    scale[r] = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
-                                                   g[r * gs], (NT *)norms_out + r);
-            }
-            for (int64_t i = hi - 1; i >= lo; i--) {
-                const int64_t u = i / G.nsc, s = i % G.nsc;
-                const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
-                const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
-                FN(col_apply)(L, &G, r0, nc, s, s + 1, v, w, scale + r0, gw, gv,
-                              ca + r0, cb + r0, nt);
-            }
-        }
-        if (nt) wn_sfence();
-    }
+    WN_TEAM(nth, FN(cols_team)(L, &G, units, scratch, part, scal, v, gw, g, gs,
+                               eps, w, norms_out, norms_in, ns, gv, grad_g, nt));
     free(part);
     free(scal);
     free(scratch);
