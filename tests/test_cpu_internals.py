@@ -254,6 +254,10 @@ def test_torch_fast_path_leaves_odd_tensors_to_the_front_end():
     assert _cpu.fast_backward(gw, mis, g, n0, 0, 1) is None
     w2, n2 = wnkernels.weight_norm(mis, g)
     assert torch.equal(w2, w0) and torch.equal(n2, n0)
+    sparse = v.to_sparse()                       # same dtype and shape, no strides
+    assert _cpu.fast_forward(sparse, g, 0, 0.0, 1) is None
+    with pytest.raises(TypeError, match="strided"):
+        wnkernels.weight_norm(sparse, g)
     with pytest.raises(ValueError, match="eps"):
         wnkernels.weight_norm(v, g, eps=-1.0)
     with pytest.raises(TypeError):

@@ -198,7 +198,6 @@ cdef Py_ssize_t POOL_MIN_BYTES = 1 << 20
 cdef object _pool_get = None
 # Set by `set_torch` once the front end has remembered a torch call.
 cdef tuple _torch_types = ()
-cdef object _torch_strided = None
 cdef object _from_numpy = None
 
 
@@ -212,9 +211,8 @@ def set_pool(get, Py_ssize_t min_bytes):
 def set_torch(torch):
     """Enable the torch-tensor fast path (the front end calls this with the
     imported torch module; wnkernels never imports torch itself)."""
-    global _torch_types, _torch_strided, _from_numpy
+    global _torch_types, _from_numpy
     _torch_types = (torch.Tensor, torch.nn.Parameter)
-    _torch_strided = torch.strided
     _from_numpy = torch.from_numpy
 
 
@@ -305,8 +303,10 @@ cdef inline bint _plain(object a):
 
 
 cdef inline bint _plain_tensor(object t):
-    return (type(t) in _torch_types and t.is_cpu and t.layout is _torch_strided
-            and not t.is_neg() and not t.is_conj())
+    # Strided layout and no conjugate bit follow from a key match: keys hold
+    # float dtypes, which never carry the conjugate bit, and building a key
+    # (t.stride()) raises for any layout but strided (callers catch that).
+    return type(t) in _torch_types and t.is_cpu and not t.is_neg()
 
 
 def torch_key(*tensors):
@@ -401,8 +401,11 @@ def fast_forward(v, g, dim, eps, int nthreads):
         p = <_Plan>plan
         return _run_forward(p, _nptr(v), _nptr(g), eps, nthreads, False)
     if _torch_types and _plain_tensor(v) and _plain_tensor(g):
-        plan = _tfwd_plans.get(((v.dtype, v.shape, v.stride()),
-                                (g.dtype, g.shape, g.stride()), dim))
+        try:
+            plan = _tfwd_plans.get(((v.dtype, v.shape, v.stride()),
+                                    (g.dtype, g.shape, g.stride()), dim))
+        except RuntimeError:               # not strided (sparse, mkldnn, ...)
+            return None
         if plan is None:
             return None
         p = <_Plan>plan
@@ -440,9 +443,12 @@ def fast_forward_out(v, g, out, dim, eps, int nthreads):
         pv, pg, po, torch = _nptr(v), _nptr(g), _nptr(out), False
     elif _torch_types and _plain_tensor(v) and _plain_tensor(g) \
             and _plain_tensor(out):
-        plan = _ofwd_plans.get(((v.dtype, v.shape, v.stride()),
-                                (g.dtype, g.shape, g.stride()),
-                                (out.dtype, out.shape, out.stride()), dim))
+        try:
+            plan = _ofwd_plans.get(((v.dtype, v.shape, v.stride()),
+                                    (g.dtype, g.shape, g.stride()),
+                                    (out.dtype, out.shape, out.stride()), dim))
+        except RuntimeError:
+            return None
         if plan is None:
             return None
         p = <_Plan>plan
@@ -487,10 +493,13 @@ def fast_backward(grad_w, v, g, norms, dim, int nthreads):
                              nthreads, False)
     if _torch_types and _plain_tensor(grad_w) and _plain_tensor(v) \
             and _plain_tensor(g) and _plain_tensor(norms):
-        plan = _tbwd_plans.get(((grad_w.dtype, grad_w.shape, grad_w.stride()),
-                                (v.dtype, v.shape, v.stride()),
-                                (g.dtype, g.shape, g.stride()),
-                                (norms.dtype, norms.shape, norms.stride()), dim))
+        try:
+            plan = _tbwd_plans.get(((grad_w.dtype, grad_w.shape, grad_w.stride()),
+                                    (v.dtype, v.shape, v.stride()),
+                                    (g.dtype, g.shape, g.stride()),
+                                    (norms.dtype, norms.shape, norms.stride()), dim))
+        except RuntimeError:
+            return None
         if plan is None:
             return None
         p = <_Plan>plan
