@@ -160,15 +160,24 @@ def get_col_budget():
 # Small calls are dominated by argument handling, not by the kernel.  The
 # Python front end validates a call fully and then remembers its "plan" (the
 # filled wn_layout, dtype code, g stride and output allocation) under a key of
-# everything validation looked at: array types, dtypes, shapes, strides and
-# dim.  A later call with the same key skips straight to allocation and the
-# kernel.  Two kinds of argument take this path, each with its own plans:
-# plain, aligned, native-byte-order NumPy arrays, and plain strided CPU torch
-# tensors (torch.Tensor or nn.Parameter, no negative/conjugate bit, aligned
+# everything validation looked at: the kind of arrays, their dtypes, shapes
+# and strides, and dim (`plan_key`).  A later call with the same key skips
+# straight to allocation and the kernel.  Two kinds of argument take this
+# path: plain, aligned, native-byte-order NumPy arrays, and plain CPU torch
+# tensors (torch.Tensor or nn.Parameter, strided, no negative bit, aligned
 # data), read through their data pointers.  Forward calls with `out=` have
-# plans of their own (keyed on out too); each call still checks that out is
-# writable and, by byte ranges, that it is v itself or clear of v and g.
+# plans of their own (keyed on out too); each such call still checks that out
+# is writable and, by byte ranges, that it is v itself or clear of v and g.
 # Anything else returns None and goes through the front end.
+
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.ref cimport Py_INCREF
+
+cdef enum:
+    _FWD = 0
+    _FWD_OUT = 1
+    _BWD = 2
+
 
 cdef class _Plan:
     cdef wn_layout L
@@ -177,7 +186,8 @@ cdef class _Plan:
     cdef Py_ssize_t off_v, off_w, off_gw        # byte offsets of (row 0, element 0)
     cdef object out_shape, out_perm, out_dtype, norm_shape, norm_dtype
     cdef Py_ssize_t out_nbytes
-    cdef Py_ssize_t itemsize, norm_itemsize     # of v's dtype, of norms' dtype
+    # the alignment each argument's data pointer needs (torch tensors)
+    cdef Py_ssize_t align[4]
     # torch plans: the dtypes to view the outputs as (bfloat16 results are
     # allocated as uint16 bits), None where from_numpy gives the right one
     cdef object t_out_view, t_norm_view
@@ -187,11 +197,7 @@ cdef class _Plan:
     cdef bint alias_ok
 
 
-cdef dict _fwd_plans = {}
-cdef dict _bwd_plans = {}
-cdef dict _tfwd_plans = {}                    # torch tensors
-cdef dict _tbwd_plans = {}
-cdef dict _ofwd_plans = {}                    # forward with out=, NumPy or torch
+cdef list _plans = [{}, {}, {}]               # by _FWD, _FWD_OUT, _BWD
 cdef Py_ssize_t _MAX_PLANS = 1024
 # Outputs at least this large come from the front end's buffer pool.
 cdef Py_ssize_t POOL_MIN_BYTES = 1 << 20
@@ -216,6 +222,81 @@ def set_torch(torch):
     _from_numpy = torch.from_numpy
 
 
+cdef inline bint _plain(object a):
+    return type(a) is np.ndarray and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)
+
+
+cdef inline bint _plain_tensor(object t):
+    # Strided layout and no conjugate bit follow from a key match: keys hold
+    # float dtypes, which never carry the conjugate bit, and building a key
+    # (t.stride()) raises for any layout but strided (callers catch that).
+    return type(t) in _torch_types and t.is_cpu and not t.is_neg()
+
+
+cdef tuple _key(tuple arrays, dim, bint torch):
+    """(per array (dtype, shape, strides)..., dim, torch): NumPy strides in
+    bytes, torch strides in elements; the flag keeps the kinds apart."""
+    cdef Py_ssize_t i, n = len(arrays)
+    cdef tuple key = PyTuple_New(n + 2)
+    for i in range(n):
+        a = arrays[i]
+        part = (a.dtype, a.shape, a.stride() if torch else a.strides)
+        Py_INCREF(part)
+        PyTuple_SET_ITEM(key, i, part)
+    Py_INCREF(dim)
+    PyTuple_SET_ITEM(key, n, dim)
+    flag = bool(torch)
+    Py_INCREF(flag)
+    PyTuple_SET_ITEM(key, n + 1, flag)
+    return key
+
+
+def plan_key(tuple arrays, dim):
+    """The key a fast-path call of these arrays looks up (the front end
+    remembers validated calls under it): NumPy arrays or CPU torch tensors."""
+    return _key(arrays, dim, type(arrays[0]) is not np.ndarray)
+
+
+cdef _Plan _find(int kind, tuple arrays, dim, char **ptr, bint *torch):
+    """The plan remembered for these arrays, with their data pointers in ptr;
+    None when there is none or an array is not plain."""
+    cdef Py_ssize_t i, n = len(arrays)
+    cdef uintptr_t addr
+    cdef _Plan p
+    if dim is not None and type(dim) is not int:     # bools, tuples: front end
+        return None
+    for i in range(n):
+        if not _plain(arrays[i]):
+            break
+    else:
+        i = n
+    if i == n:
+        torch[0] = False
+    elif _torch_types:
+        for i in range(n):
+            if not _plain_tensor(arrays[i]):
+                return None
+        torch[0] = True
+    else:
+        return None
+    try:
+        plan = (<dict>_plans[kind]).get(_key(arrays, dim, torch[0]))
+    except RuntimeError:                   # a tensor that is not strided
+        return None
+    if plan is None:
+        return None
+    p = <_Plan>plan
+    for i in range(n):
+        if torch[0]:
+            addr = arrays[i].data_ptr()
+            if addr % p.align[i]:
+                return None
+            ptr[i] = <char *>addr
+        else:
+            ptr[i] = <char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
+    return p
+
+
 cdef object _alloc_out(_Plan p):
     if p.out_nbytes >= POOL_MIN_BYTES and _pool_get is not None:
         out = _pool_get(p.out_nbytes).view(p.out_dtype).reshape(p.out_shape)
@@ -228,105 +309,69 @@ cdef object _alloc_out(_Plan p):
 
 cdef _Plan _make_plan(layout, int narr, int dtype, int64_t g_stride,
                       int64_t n_stride, out_shape, out_perm, out_dtype,
-                      norm_shape, norm_dtype, t_out_view, t_norm_view):
+                      norm_shape, norm_dtype, torch_views):
     cdef _Plan p = _Plan()
+    cdef Py_ssize_t isz = np.dtype(out_dtype).itemsize
     _fill(&p.L, layout, narr)
     p.dtype = dtype
     p.g_stride = g_stride
     p.n_stride = n_stride
-    p.itemsize = np.dtype(out_dtype).itemsize
-    p.norm_itemsize = np.dtype(norm_dtype).itemsize
     offs = layout.offsets
-    p.off_v = offs[0] * p.itemsize
-    p.off_w = offs[narr - 1] * p.itemsize
-    p.off_gw = offs[1] * p.itemsize if narr == 3 else 0
+    p.off_v = offs[0] * isz
+    p.off_w = offs[narr - 1] * isz
+    p.off_gw = offs[1] * isz if narr == 3 else 0
     p.out_shape = tuple(out_shape)
     p.out_perm = None if out_perm is None else tuple(out_perm)
     p.out_dtype = out_dtype
     p.norm_shape = tuple(norm_shape)
     p.norm_dtype = norm_dtype
-    p.out_nbytes = p.itemsize
+    p.out_nbytes = isz
     for n in p.out_shape:
         p.out_nbytes *= n
-    p.t_out_view = t_out_view
-    p.t_norm_view = t_norm_view
+    # forward (v, g[, out]); backward (grad_w, v, g, norms: norms' own dtype)
+    p.align[0] = p.align[1] = p.align[2] = isz
+    p.align[3] = np.dtype(norm_dtype).itemsize
+    p.t_out_view, p.t_norm_view = torch_views or (None, None)
     return p
 
 
-cdef bint _store(dict plans, key, _Plan p):
+cdef void _store(int kind, key, _Plan p):
+    cdef dict plans = _plans[kind]
     if len(plans) >= _MAX_PLANS:
         plans.clear()
-    try:
-        plans[key] = p
-    except TypeError:                      # e.g. dim given as a list
-        return False
-    return True
+    plans[key] = p
 
 
 def remember_forward(key, layout, int dtype, int64_t g_stride, out_shape,
                      out_perm, out_dtype, norm_shape, norm_dtype, torch_views=None):
-    """Register a validated forward call shape (see the fast-path note).
-    `torch_views`: (w view dtype, norms view dtype) for a torch-tensor key
-    (`torch_key`), None for a NumPy key."""
-    t = torch_views or (None, None)
-    _store(_fwd_plans if torch_views is None else _tfwd_plans, key,
-           _make_plan(layout, 2, dtype, g_stride, 0, out_shape, out_perm,
-                      out_dtype, norm_shape, norm_dtype, t[0], t[1]))
+    """Register a validated forward call (see the fast-path note) under its
+    `plan_key`.  `torch_views`: the dtypes to view (w, norms) as, for torch."""
+    _store(_FWD, key, _make_plan(layout, 2, dtype, g_stride, 0, out_shape,
+                                 out_perm, out_dtype, norm_shape, norm_dtype,
+                                 torch_views))
 
 
 def remember_forward_out(key, layout, int dtype, int64_t g_stride, out_dtype,
                          norm_shape, norm_dtype, extents, bint alias_ok,
                          torch_views=None):
-    """Register a validated forward call with out= (see the fast-path
-    note).  `extents`: the [lo, hi) byte ranges of v, out and g around their
-    data pointers."""
-    t = torch_views or (None, None)
+    """Register a validated forward call with out= (see the fast-path note).
+    `extents`: the [lo, hi) byte ranges of v, out and g around their data
+    pointers; `alias_ok`: out may be v itself (their strides are equal)."""
     cdef _Plan p = _make_plan(layout, 2, dtype, g_stride, 0, (), None, out_dtype,
-                              norm_shape, norm_dtype, t[0], t[1])
+                              norm_shape, norm_dtype, torch_views)
     (p.v_lo, p.v_hi), (p.o_lo, p.o_hi), (p.g_lo, p.g_hi) = extents
     p.alias_ok = alias_ok
-    _store(_ofwd_plans, key, p)
+    _store(_FWD_OUT, key, p)
 
 
 def remember_backward(key, layout, int dtype, int64_t g_stride,
                       int64_t n_stride, out_shape, out_perm, out_dtype,
-                      grad_g_shape, torch_views=None):
-    """Register a validated backward call shape (see the fast-path note)."""
-    t = torch_views or (None, None)
-    _store(_bwd_plans if torch_views is None else _tbwd_plans, key,
-           _make_plan(layout, 3, dtype, g_stride, n_stride, out_shape,
-                      out_perm, out_dtype, grad_g_shape, out_dtype, t[0], t[1]))
-
-
-cdef inline bint _plain(object a):
-    return type(a) is np.ndarray and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)
-
-
-cdef inline bint _plain_tensor(object t):
-    # Strided layout and no conjugate bit follow from a key match: keys hold
-    # float dtypes, which never carry the conjugate bit, and building a key
-    # (t.stride()) raises for any layout but strided (callers catch that).
-    return type(t) in _torch_types and t.is_cpu and not t.is_neg()
-
-
-def torch_key(*tensors):
-    """The key part of CPU torch tensors, as fast_forward/backward build it."""
-    return tuple((t.dtype, t.shape, t.stride()) for t in tensors)
-
-
-cdef inline bint _plain_dim(dim):
-    return dim is None or type(dim) is int           # bools, tuples: front end
-
-
-cdef inline char *_tptr(object t, Py_ssize_t itemsize, bint *ok):
-    cdef uintptr_t a = t.data_ptr()
-    if a % itemsize:
-        ok[0] = False
-    return <char *>a
-
-
-cdef inline char *_nptr(object a):
-    return <char *>cnp.PyArray_DATA(<cnp.ndarray>a)
+                      grad_g_shape, norm_dtype, torch_views=None):
+    """Register a validated backward call (see the fast-path note)."""
+    p = _make_plan(layout, 3, dtype, g_stride, n_stride, out_shape, out_perm,
+                   out_dtype, grad_g_shape, out_dtype, torch_views)
+    p.align[3] = np.dtype(norm_dtype).itemsize     # the norms argument
+    _store(_BWD, key, p)
 
 
 cdef inline object _as_torch(object a, object view):
@@ -334,44 +379,10 @@ cdef inline object _as_torch(object a, object view):
     return t if view is None else t.view(view)
 
 
-cdef object _run_forward(_Plan p, char *pv, char *pg, double e, int nthreads,
-                         bint torch, object out=None, char *po=NULL):
-    w = _alloc_out(p) if out is None else None
-    norms = np.empty(p.norm_shape, p.norm_dtype)
-    cdef char *pw = (_nptr(w) if out is None else po) + p.off_w
-    cdef char *pn = _nptr(norms)
-    pv += p.off_v
-    if p.L.nrows:
-        with nogil:
-            wn_forward(p.dtype, &p.L, pv, pg, p.g_stride, pw, pn, e, nthreads)
-    if out is not None:
-        return out, (_as_torch(norms, p.t_norm_view) if torch else norms)
-    if torch:
-        return _as_torch(w, p.t_out_view), _as_torch(norms, p.t_norm_view)
-    return w, norms
-
-
 cdef inline bint _disjoint(char *a, Py_ssize_t a_lo, Py_ssize_t a_hi,
                            char *b, Py_ssize_t b_lo, Py_ssize_t b_hi):
     return a_hi <= a_lo or b_hi <= b_lo or a + a_hi <= b + b_lo \
         or b + b_hi <= a + a_lo
-
-
-cdef object _run_backward(_Plan p, char *pgw, char *pv, char *pg, char *pn,
-                          int nthreads, bint torch):
-    grad_v = _alloc_out(p)
-    grad_g = np.empty(p.norm_shape, p.norm_dtype)
-    cdef char *pgv = _nptr(grad_v) + p.off_w
-    cdef char *pgg = _nptr(grad_g)
-    pgw += p.off_gw
-    pv += p.off_v
-    if p.L.nrows:
-        with nogil:
-            wn_backward(p.dtype, &p.L, pgw, pv, pg, p.g_stride, pn, p.n_stride,
-                        pgv, pgg, nthreads)
-    if torch:
-        return _as_torch(grad_v, p.t_out_view), _as_torch(grad_g, p.t_norm_view)
-    return grad_v, grad_g
 
 
 cdef inline bint _eps_ok(eps):
@@ -382,84 +393,51 @@ cdef inline bint _eps_ok(eps):
     return e >= 0.0 and isfinite(e)
 
 
+cdef object _run_forward(_Plan p, char *pv, char *pg, double e, int nthreads,
+                         bint torch, object out, char *po):
+    w = _alloc_out(p) if out is None else None
+    norms = np.empty(p.norm_shape, p.norm_dtype)
+    cdef char *pw = (<char *>cnp.PyArray_DATA(<cnp.ndarray>w)) if out is None else po
+    cdef char *pn = <char *>cnp.PyArray_DATA(<cnp.ndarray>norms)
+    pv += p.off_v
+    pw += p.off_w
+    if p.L.nrows:
+        with nogil:
+            wn_forward(p.dtype, &p.L, pv, pg, p.g_stride, pw, pn, e, nthreads)
+    if torch:
+        norms = _as_torch(norms, p.t_norm_view)
+        return (out, norms) if out is not None else (_as_torch(w, p.t_out_view), norms)
+    return (out if out is not None else w), norms
+
+
 def fast_forward(v, g, dim, eps, int nthreads):
-    """(w, norms) for a remembered call shape, else None."""
-    if not (_eps_ok(eps) and _plain_dim(dim)):
+    """(w, norms) for a remembered call, else None."""
+    cdef char *ptr[2]
+    cdef bint torch
+    if not _eps_ok(eps):
         return None
-    cdef bint ok = True
-    cdef _Plan p
-    cdef char *pv
-    cdef char *pg
-    if _plain(v) and _plain(g):
-        try:
-            plan = _fwd_plans.get((v.dtype, v.shape, v.strides, g.dtype,
-                                   g.shape, g.strides, dim))
-        except TypeError:
-            return None
-        if plan is None:
-            return None
-        p = <_Plan>plan
-        return _run_forward(p, _nptr(v), _nptr(g), eps, nthreads, False)
-    if _torch_types and _plain_tensor(v) and _plain_tensor(g):
-        try:
-            plan = _tfwd_plans.get(((v.dtype, v.shape, v.stride()),
-                                    (g.dtype, g.shape, g.stride()), dim))
-        except RuntimeError:               # not strided (sparse, mkldnn, ...)
-            return None
-        if plan is None:
-            return None
-        p = <_Plan>plan
-        pv = _tptr(v, p.itemsize, &ok)
-        pg = _tptr(g, p.itemsize, &ok)
-        if not ok:
-            return None
-        return _run_forward(p, pv, pg, eps, nthreads, True)
-    return None
+    p = _find(_FWD, (v, g), dim, ptr, &torch)
+    if p is None:
+        return None
+    return _run_forward(p, ptr[0], ptr[1], eps, nthreads, torch, None, NULL)
 
 
 def fast_forward_out(v, g, out, dim, eps, int nthreads):
-    """(out, norms) for a remembered call shape with out=, else None (also
-    when out is not writable, or overlaps v without being v, or overlaps g:
-    the front end then decides, exactly, and raises)."""
-    if not (_eps_ok(eps) and _plain_dim(dim)):
+    """(out, norms) for a remembered call with out=, else None (also when out
+    is not writable, or overlaps v without being v, or overlaps g: the front
+    end then decides, exactly, and raises)."""
+    cdef char *ptr[3]
+    cdef bint torch
+    if not _eps_ok(eps):
         return None
-    cdef bint ok = True, torch
-    cdef _Plan p
-    cdef char *pv
-    cdef char *pg
-    cdef char *po
-    if _plain(v) and _plain(g) and _plain(out):
-        if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out):
-            return None
-        try:
-            plan = _ofwd_plans.get((v.dtype, v.shape, v.strides, g.dtype, g.shape,
-                                    g.strides, out.dtype, out.shape, out.strides,
-                                    dim))
-        except TypeError:
-            return None
-        if plan is None:
-            return None
-        p = <_Plan>plan
-        pv, pg, po, torch = _nptr(v), _nptr(g), _nptr(out), False
-    elif _torch_types and _plain_tensor(v) and _plain_tensor(g) \
-            and _plain_tensor(out):
-        try:
-            plan = _ofwd_plans.get(((v.dtype, v.shape, v.stride()),
-                                    (g.dtype, g.shape, g.stride()),
-                                    (out.dtype, out.shape, out.stride()), dim))
-        except RuntimeError:
-            return None
-        if plan is None:
-            return None
-        p = <_Plan>plan
-        pv = _tptr(v, p.itemsize, &ok)
-        pg = _tptr(g, p.itemsize, &ok)
-        po = _tptr(out, p.itemsize, &ok)
-        torch = True
-        if not ok:
-            return None
-    else:
+    p = _find(_FWD_OUT, (v, g, out), dim, ptr, &torch)
+    if p is None:
         return None
+    if not torch and not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out):
+        return None
+    cdef char *pv = ptr[0]
+    cdef char *pg = ptr[1]
+    cdef char *po = ptr[2]
     if not (po == pv and p.alias_ok) and \
             not _disjoint(po, p.o_lo, p.o_hi, pv, p.v_lo, p.v_hi):
         return None
@@ -469,54 +447,28 @@ def fast_forward_out(v, g, out, dim, eps, int nthreads):
 
 
 def fast_backward(grad_w, v, g, norms, dim, int nthreads):
-    """(grad_v, grad_g) for a remembered call shape, else None."""
-    if not _plain_dim(dim):
+    """(grad_v, grad_g) for a remembered call, else None."""
+    cdef char *ptr[4]
+    cdef bint torch
+    p = _find(_BWD, (grad_w, v, g, norms), dim, ptr, &torch)
+    if p is None:
         return None
-    cdef bint ok = True
-    cdef _Plan p
-    cdef char *pgw
-    cdef char *pv
-    cdef char *pg
-    cdef char *pn
-    if _plain(grad_w) and _plain(v) and _plain(g) and _plain(norms):
-        try:
-            plan = _bwd_plans.get((grad_w.dtype, grad_w.shape, grad_w.strides,
-                                   v.dtype, v.shape, v.strides, g.dtype, g.shape,
-                                   g.strides, norms.dtype, norms.shape,
-                                   norms.strides, dim))
-        except TypeError:
-            return None
-        if plan is None:
-            return None
-        p = <_Plan>plan
-        return _run_backward(p, _nptr(grad_w), _nptr(v), _nptr(g), _nptr(norms),
-                             nthreads, False)
-    if _torch_types and _plain_tensor(grad_w) and _plain_tensor(v) \
-            and _plain_tensor(g) and _plain_tensor(norms):
-        try:
-            plan = _tbwd_plans.get(((grad_w.dtype, grad_w.shape, grad_w.stride()),
-                                    (v.dtype, v.shape, v.stride()),
-                                    (g.dtype, g.shape, g.stride()),
-                                    (norms.dtype, norms.shape, norms.stride()), dim))
-        except RuntimeError:
-            return None
-        if plan is None:
-            return None
-        p = <_Plan>plan
-        pgw = _tptr(grad_w, p.itemsize, &ok)
-        pv = _tptr(v, p.itemsize, &ok)
-        pg = _tptr(g, p.itemsize, &ok)
-        pn = _tptr(norms, p.norm_itemsize, &ok)
-        if not ok:
-            return None
-        return _run_backward(p, pgw, pv, pg, pn, nthreads, True)
-    return None
+    grad_v = _alloc_out(p)
+    grad_g = np.empty(p.norm_shape, p.norm_dtype)
+    cdef char *pgw = ptr[0] + p.off_gw
+    cdef char *pv = ptr[1] + p.off_v
+    cdef char *pgv = <char *>cnp.PyArray_DATA(<cnp.ndarray>grad_v) + p.off_w
+    cdef char *pgg = <char *>cnp.PyArray_DATA(<cnp.ndarray>grad_g)
+    if p.L.nrows:
+        with nogil:
+            wn_backward(p.dtype, &p.L, pgw, pv, ptr[2], p.g_stride, ptr[3],
+                        p.n_stride, pgv, pgg, nthreads)
+    if torch:
+        return _as_torch(grad_v, p.t_out_view), _as_torch(grad_g, p.t_norm_view)
+    return grad_v, grad_g
 
 
 def forget_plans():
-    """Drop every remembered call shape (tests use this)."""
-    _fwd_plans.clear()
-    _bwd_plans.clear()
-    _tfwd_plans.clear()
-    _tbwd_plans.clear()
-    _ofwd_plans.clear()
+    """Drop every remembered call (tests use this)."""
+    for plans in _plans:
+        plans.clear()

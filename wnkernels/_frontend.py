@@ -607,11 +607,11 @@ def _weight_norm_backward(grad_w, v, g, norms, dim):
     plan = None if copied else _cpu_plan_key(dim, (grad_w, v, g, norms),
                                              (gwi, vi, gi, ni))
     if plan is not None:
-        key, views = plan
+        key, view = plan
         _cpu_ext.remember_backward(
             key, layout, _CODES[dtype], g_stride, n_stride,
             *_dense_order(vi.shape, vi.strides), vi.base.dtype, gi.shape,
-            views and (views[0], views[0]))       # grad_g in v's dtype
+            ni.base.dtype, (view, view) if vi.kind == "torch" else None)
     return grad_v, grad_g
 
 
@@ -628,9 +628,9 @@ def _remember_forward(dim, args, infos, layout, dtype, g_stride):
     plan = _cpu_plan_key(dim, args, infos)
     if plan is None:
         return
-    key, views = plan
+    key, view = plan
     norm_dtype = np.dtype(FLOAT_DTYPES[dtype])
-    views = views and (views[0], None)                 # norms: float32 for bfloat16
+    views = (view, None) if vi.kind == "torch" else None   # norms: float32 for bf16
     if out is None:
         _cpu_ext.remember_forward(
             key, layout, _CODES[dtype], g_stride, *_dense_order(vi.shape, vi.strides),
@@ -643,16 +643,16 @@ def _remember_forward(dim, args, infos, layout, dtype, g_stride):
 
 
 def _cpu_plan_key(dim, args, infos):
-    """(key, torch views) under which a validated CPU call may be remembered for
+    """(key, view) under which a validated CPU call may be remembered for
     `_cpu.fast_forward` / `fast_backward`, or None.
 
     NumPy calls are keyed on the arrays the kernels read (dtype, shape, strides),
     which must be plain, native and aligned; bfloat16 travels as uint16 bits, so
     ml_dtypes calls are not remembered (a real uint16 call must still raise).
-    Torch calls are keyed on the tensors as given (`_cpu.torch_key`), and only
-    when the kernels read them in place: no negative/conjugate bit resolved and
-    no aligning copy.  The views are the torch dtypes (bfloat16, else None) the
-    uint16 outputs of a bfloat16 call are viewed as.
+    Torch calls are keyed on the tensors as given, and only when the kernels
+    read them in place: no negative/conjugate bit resolved and no aligning
+    copy.  The view is the torch dtype (bfloat16, else None) that the uint16
+    outputs of a bfloat16 call are viewed as; None for NumPy keys.
     """
     if dim is not None and type(dim) is not int:
         return None
@@ -664,14 +664,14 @@ def _cpu_plan_key(dim, args, infos):
     if kind == "numpy":
         if not all(b.dtype.name in FLOAT_DTYPES for b in bases):
             return None
-        return tuple(x for b in bases for x in (b.dtype, b.shape, b.strides)) + (dim,), None
+        return _cpu_ext.plan_key(tuple(bases), dim), None
     if kind == "torch":
         if not all(i.obj is a and i.ptr == a.data_ptr() for a, i in zip(args, infos)):
             return None
         torch = sys.modules["torch"]
         _cpu_ext.set_torch(torch)
         view = torch.bfloat16 if infos[0].dtype == "bfloat16" else None
-        return _cpu_ext.torch_key(*args) + (dim,), (view,)
+        return _cpu_ext.plan_key(tuple(args), dim), view
     return None
 
 
