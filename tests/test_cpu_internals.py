@@ -334,6 +334,19 @@ def test_out_that_overlaps_itself_is_rejected():
     neg = torch.zeros(4, 3)._neg_view()
     with pytest.raises(ValueError, match="out"):
         wnkernels.weight_norm(v, torch.ones(4, 1), out=neg)
+    # rows that share elements without a zero stride (row stride 2 < 3 columns)
+    buf = np.zeros(16, np.float32)
+    rows = np.lib.stride_tricks.as_strided(buf, (4, 3), (8, 4))
+    with pytest.raises(ValueError, match="overlaps itself"):
+        wnkernels.weight_norm(np.ones((4, 3), np.float32), np.ones((4, 1), np.float32),
+                              out=rows)
+    assert not buf.any()
+    # transposed and sliced outputs do not overlap themselves: accepted
+    for ok in (np.zeros((3, 4), np.float32).T, np.zeros((4, 6), np.float32)[:, ::2],
+               np.zeros((8, 3), np.float32)[::-2]):
+        w, _ = wnkernels.weight_norm(np.ones((4, 3), np.float32),
+                                     np.ones((4, 1), np.float32), out=ok)
+        assert w is ok and np.allclose(ok, 1 / np.sqrt(3))
 
 
 def test_pool_makes_room_for_new_sizes(monkeypatch):

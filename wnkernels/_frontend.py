@@ -247,6 +247,22 @@ def _overlaps(a: ArrayInfo, b: ArrayInfo) -> bool:
     return True
 
 
+def _may_overlap_itself(info: ArrayInfo) -> bool:
+    """Whether two elements of the array may share memory: axes taken by
+    increasing |stride|, each must step past everything the smaller ones
+    reach.  Exact for broadcast (zero) strides and for every layout a
+    transpose or slice of a dense array has; a few exotic interleavings that
+    do not overlap are refused too."""
+    if info.size == 0:
+        return False
+    reach = 0
+    for st, n in sorted((abs(st), n) for n, st in zip(info.shape, info.strides) if n > 1):
+        if st <= reach:
+            return True
+        reach += st * (n - 1)
+    return False
+
+
 def _check_eps(eps) -> float:
     if eps.__class__ is float and 0.0 <= eps < _INF:
         return eps
@@ -532,8 +548,9 @@ def _weight_norm(v, g, dim, eps, out):
             raise ValueError(f"out: expected shape {vi.shape} (v's), got {oi.shape}")
         if oi.readonly:
             raise ValueError("out: array is read-only")
-        if oi.size and any(st == 0 and n > 1 for n, st in zip(oi.shape, oi.strides)):
-            raise ValueError(f"out: overlaps itself (zero stride; strides {oi.strides})")
+        if _may_overlap_itself(oi):
+            raise ValueError(f"out: overlaps itself (shape {oi.shape}, strides "
+                             f"{oi.strides}: two elements may share memory)")
         alias = oi.ptr == vi.ptr and oi.strides == vi.strides
         if not alias and _overlaps(oi, vi):
             raise ValueError("out: overlaps v without being v itself "
