@@ -32,6 +32,35 @@ static inline int wn_num_threads(void) { return 1; }
 int wn_have_openmp(void) { return 0; }
 #endif
 
+#ifdef _OPENMP
+#include <pthread.h>
+/* libgomp cannot be used in a child forked after its thread pool started:
+ * the child's first parallel region waits forever for threads that fork did
+ * not copy (multiprocessing's default start method on Linux, data-loader
+ * workers).  Such a child runs every kernel on its calling thread; results
+ * do not depend on the thread count, so only speed changes. */
+static volatile int wn_pool_started = 0, wn_pool_lost = 0;
+static void wn_forked_child(void)
+{
+    if (wn_pool_started) wn_pool_lost = 1;
+}
+__attribute__((constructor)) static void wn_watch_fork(void)
+{
+    pthread_atfork(NULL, NULL, wn_forked_child);
+}
+/* The team size to use for a request of n threads (1: no OpenMP region). */
+static inline int wn_team_threads(int n)
+{
+    if (n <= 1 || wn_pool_lost) return 1;
+    wn_pool_started = 1;
+    return n;
+}
+int wn_threads_lost_to_fork(void) { return wn_pool_lost; }
+#else
+static inline int wn_team_threads(int n) { (void)n; return 1; }
+int wn_threads_lost_to_fork(void) { return 0; }
+#endif
+
 /* Run `call` (a function call) on a team of `nth` threads, or directly with
  * one: an OpenMP region with if(0) still builds and tears down a team, which
  * measured ~0.55 us per call here, more than a 64x64 kernel's own work.  A
@@ -164,7 +193,7 @@ static int wn_threads_for(int dtype, const wn_layout *L, int nthreads, int ninpu
     int64_t bytes = L->nrows * L->rowlen * wn_itemsize[dtype] * ninputs;
     int64_t useful = bytes / WN_BYTES_PER_THREAD;
     if (useful < 1) useful = 1;
-    return nthreads < useful ? (nthreads < 1 ? 1 : nthreads) : (int)useful;
+    return wn_team_threads(nthreads < useful ? nthreads : (int)useful);
 }
 
 /* Streaming stores pay off when the output is large and has a contiguous
@@ -201,7 +230,12 @@ void wn_backward(int dtype, const wn_layout *L, const void *grad_w,
 
 void wn_roofline_copy(void *dst, const void *src, int64_t nbytes, int nthreads)
 {
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    nthreads = wn_team_threads(nthreads);
+    if (nthreads == 1) {
+        memcpy(dst, src, (size_t)nbytes);
+        return;
+    }
+#pragma omp parallel num_threads(nthreads)
     {
         int64_t t = wn_thread_num(), n = wn_num_threads();
         int64_t lo = (nbytes * t / n) & ~(int64_t)63;
@@ -214,7 +248,12 @@ void wn_roofline_copy(void *dst, const void *src, int64_t nbytes, int nthreads)
 #define WN_TRIAD(T, name)                                                      \
     void name(T *a, const T *b, T s, const T *c, int64_t n, int nthreads)      \
     {                                                                          \
-        _Pragma("omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)") \
+        nthreads = wn_team_threads(nthreads);                                  \
+        if (nthreads == 1) {                                                   \
+            for (int64_t i = 0; i < n; i++) a[i] = b[i] * s + c[i];           \
+            return;                                                            \
+        }                                                                      \
+        _Pragma("omp parallel for schedule(static) num_threads(nthreads)")     \
         for (int64_t i = 0; i < n; i++) a[i] = b[i] * s + c[i];               \
     }
 WN_TRIAD(float, wn_roofline_triad_f32)

@@ -76,6 +76,9 @@ void wn_roofline_triad_f64(double *a, const double *b, double s,
 const char *wn_isa(void);
 /* Whether the library was built with OpenMP. */
 int wn_have_openmp(void);
+/* 1 in a process forked after the kernels had started OpenMP threads: it
+ * runs every kernel on the calling thread (libgomp cannot cross a fork). */
+int wn_threads_lost_to_fork(void);
 /* Output size (bytes) above which contiguous outputs use streaming stores. */
 void wn_set_stream_threshold(int64_t nbytes);
 int64_t wn_get_stream_threshold(void);

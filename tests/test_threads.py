@@ -205,3 +205,38 @@ def test_gil_is_released_while_a_kernel_runs():
     assert stalled < 0.5 * (end - start), (
         f"main thread stalled for {stalled:.3f}s of {end - start:.3f}s "
         f"({calls} calls of {one_call:.4f}s each)")
+
+
+_FORK_CHILD = r"""
+import os, sys
+import numpy as np
+import wnkernels
+from wnkernels import _cpu
+v = np.random.default_rng(5).standard_normal((512, 1024)).astype(np.float32)
+g = np.ones((512, 1), np.float32)
+gw = np.random.default_rng(6).standard_normal((512, 1024)).astype(np.float32)
+wnkernels.set_num_threads(2)
+w, n = wnkernels.weight_norm(v, g)             # 2 MiB: a two-thread team runs
+gv, gg = wnkernels.weight_norm_backward(gw, v, g, n)
+assert not _cpu.threads_lost_to_fork()
+pid = os.fork()
+if pid == 0:                                   # the child: libgomp's pool is gone
+    ok = _cpu.threads_lost_to_fork()
+    w2, n2 = wnkernels.weight_norm(v, g)
+    gv2, gg2 = wnkernels.weight_norm_backward(gw, v, g, n2)
+    a, b, c = (np.empty(1 << 20, np.float32) for _ in range(3))
+    _cpu.roofline_copy(a, b); _cpu.roofline_triad(a, b, 2.0, c)
+    same = all(x.tobytes() == y.tobytes() for x, y in zip((w, n, gv, gg), (w2, n2, gv2, gg2)))
+    os._exit(0 if ok and same else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status), _cpu.threads_lost_to_fork())
+"""
+
+
+def test_forked_child_runs_kernels_without_hanging():
+    """A process forked after the kernels used an OpenMP team (multiprocessing's
+    default on Linux) runs its kernels on one thread, with the same bits; before,
+    its first multi-threaded call waited forever on threads fork had not copied."""
+    if not hasattr(os, "fork") or not wnkernels._cpu.have_openmp():
+        pytest.skip("needs fork and an OpenMP build")
+    assert _child(_FORK_CHILD) == "0 False"     # child exit code; parent keeps its threads

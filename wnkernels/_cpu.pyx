@@ -39,6 +39,7 @@ cdef extern from "wn.h" nogil:
                                const double *c, int64_t n, int nthreads)
     const char *wn_isa()
     int wn_have_openmp()
+    int wn_threads_lost_to_fork()
     void wn_set_stream_threshold(int64_t nbytes)
     int64_t wn_get_stream_threshold()
     void wn_set_col_budget(int64_t nbytes)
@@ -137,6 +138,13 @@ def isa():
 
 def have_openmp():
     return bool(wn_have_openmp())
+
+
+def threads_lost_to_fork():
+    """True in a process forked after the kernels had started OpenMP threads:
+    there every kernel runs on the calling thread (libgomp's thread pool does
+    not survive fork), with the same results."""
+    return bool(wn_threads_lost_to_fork())
 
 
 def set_stream_threshold(int64_t nbytes):
