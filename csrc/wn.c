@@ -228,33 +228,30 @@ void wn_backward(int dtype, const wn_layout *L, const void *grad_w,
 
 /* ---- rooflines: what the same threads reach on a plain copy / triad ---- */
 
+/* One thread's share of a copy (all of it outside a team). */
+static void wn_copy_share(void *dst, const void *src, int64_t nbytes)
+{
+    int64_t t = wn_thread_num(), n = wn_num_threads();
+    int64_t lo = (nbytes * t / n) & ~(int64_t)63;
+    int64_t hi = t + 1 == n ? nbytes : (nbytes * (t + 1) / n) & ~(int64_t)63;
+    memcpy((char *)dst + lo, (const char *)src + lo, (size_t)(hi - lo));
+}
+
 void wn_roofline_copy(void *dst, const void *src, int64_t nbytes, int nthreads)
 {
-    nthreads = wn_team_threads(nthreads);
-    if (nthreads == 1) {
-        memcpy(dst, src, (size_t)nbytes);
-        return;
-    }
-#pragma omp parallel num_threads(nthreads)
-    {
-        int64_t t = wn_thread_num(), n = wn_num_threads();
-        int64_t lo = (nbytes * t / n) & ~(int64_t)63;
-        int64_t hi = t + 1 == n ? nbytes : (nbytes * (t + 1) / n) & ~(int64_t)63;
-        memcpy((char *)dst + lo, (const char *)src + lo, (size_t)(hi - lo));
-    }
+    WN_TEAM(wn_team_threads(nthreads), wn_copy_share(dst, src, nbytes));
 }
 
 /* Plain loops: SSE2 already saturates memory bandwidth on these sizes. */
 #define WN_TRIAD(T, name)                                                      \
+    static void name##_share(T *a, const T *b, T s, const T *c, int64_t n)     \
+    {                                                                          \
+        _Pragma("omp for schedule(static)")                                    \
+        for (int64_t i = 0; i < n; i++) a[i] = b[i] * s + c[i];               \
+    }                                                                          \
     void name(T *a, const T *b, T s, const T *c, int64_t n, int nthreads)      \
     {                                                                          \
-        nthreads = wn_team_threads(nthreads);                                  \
-        if (nthreads == 1) {                                                   \
-            for (int64_t i = 0; i < n; i++) a[i] = b[i] * s + c[i];           \
-            return;                                                            \
-        }                                                                      \
-        _Pragma("omp parallel for schedule(static) num_threads(nthreads)")     \
-        for (int64_t i = 0; i < n; i++) a[i] = b[i] * s + c[i];               \
+        WN_TEAM(wn_team_threads(nthreads), name##_share(a, b, s, c, n));       \
     }
 WN_TRIAD(float, wn_roofline_triad_f32)
 WN_TRIAD(double, wn_roofline_triad_f64)

@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "wn.h"
@@ -184,6 +185,27 @@ WN_INLINE int wn_simple_rows(const wn_layout *L, int narr, const wn_rowgeom *G)
     for (int a = 0; a < narr; a++)
         if (L->red_stride[a][0] != 1) return 0;
     return 1;
+}
+
+/* Row-mode plan, the same for forward and backward: the pieces, whether
+ * every row's pieces are split across the threads (few rows: `part` holds
+ * the per-piece totals; no split if it cannot be allocated), and whether
+ * the rows are simple (see wn_simple_rows).  Release with free(P->part). */
+typedef struct {
+    wn_rowgeom G;
+    int split, simple;
+    double *part;
+} wn_rowplan;
+
+WN_INLINE wn_rowplan wn_rowplan_make(const wn_layout *L, int nth, int narr)
+{
+    wn_rowplan P;
+    P.G = wn_rowgeom_make(L);
+    P.split = L->nrows < 2 * (int64_t)nth && P.G.npieces >= 2;
+    P.part = P.split ? malloc(sizeof(double) * L->nrows * P.G.npieces) : NULL;
+    if (!P.part) P.split = 0;
+    P.simple = wn_simple_rows(L, narr, &P.G);
+    return P;
 }
 
 /* Rows per batch in the short-row path: as many as keep the batch's inputs

@@ -389,13 +389,13 @@ WN_INLINE void FN(bwd_row_scalars)(double dot, NT norm_in, T g, T *grad_g,
 /* ---- row mode drivers -------------------------------------------------- */
 
 /* One thread's share of a row-mode forward (all of it outside a team). */
-WN_INLINE void FN(fwd_rows_team)(const wn_layout *L, const wn_rowgeom *Gp,
-                                 int simple, int split, double *part,
+WN_INLINE void FN(fwd_rows_team)(const wn_layout *L, const wn_rowplan *P,
                                  const T *v, const T *g, int64_t gs, T *w,
                                  NT *norms, double eps, int nt)
 {
-    const wn_rowgeom G = *Gp;
-    if (simple) {
+    const wn_rowgeom G = P->G;
+    double *part = P->part;
+    if (P->simple) {
         /* One contiguous piece per row at a fixed row stride: the same
          * arithmetic as below without the layout walking (short rows
          * would otherwise spend more time there than on data). */
@@ -426,7 +426,7 @@ WN_INLINE void FN(fwd_rows_team)(const wn_layout *L, const wn_rowgeom *Gp,
                 FN(scale_run)(w + (r0 + k) * sw, 1, v + (r0 + k) * sv, 1, n,
                               scale[k], nt);
         }
-    } else if (!split) {
+    } else if (!P->split) {
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < L->nrows; r++) {
             int64_t ro[2];
@@ -467,25 +467,20 @@ static void FN(fwd_rows)(const wn_layout *L, const T *v, const T *g,
                          int64_t gs, T *w, NT *norms, double eps, int nth,
                          int nt)
 {
-    const wn_rowgeom G = wn_rowgeom_make(L);
-    int split = L->nrows < 2 * (int64_t)nth && G.npieces >= 2;
-    double *part = split ? malloc(sizeof(double) * L->nrows * G.npieces) : NULL;
-    if (!part) split = 0;
-    const int simple = wn_simple_rows(L, 2, &G);
-    WN_TEAM(nth, FN(fwd_rows_team)(L, &G, simple, split, part, v, g, gs, w,
-                                   norms, eps, nt));
-    free(part);
+    const wn_rowplan P = wn_rowplan_make(L, nth, 2);
+    WN_TEAM(nth, FN(fwd_rows_team)(L, &P, v, g, gs, w, norms, eps, nt));
+    free(P.part);
 }
 
 /* One thread's share of a row-mode backward (all of it outside a team). */
-WN_INLINE void FN(bwd_rows_team)(const wn_layout *L, const wn_rowgeom *Gp,
-                                 int simple, int split, double *part,
+WN_INLINE void FN(bwd_rows_team)(const wn_layout *L, const wn_rowplan *P,
                                  const T *v, const T *gw, const T *g, int64_t gs,
                                  const NT *norms, int64_t ns, T *gv, T *grad_g,
                                  int nt)
 {
-    const wn_rowgeom G = *Gp;
-    if (simple) {
+    const wn_rowgeom G = P->G;
+    double *part = P->part;
+    if (P->simple) {
         const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
         const int64_t sgw = L->kept_ndim ? L->kept_stride[1][0] : 0;
         const int64_t sgv = L->kept_ndim ? L->kept_stride[2][0] : 0;
@@ -510,7 +505,7 @@ WN_INLINE void FN(bwd_rows_team)(const wn_layout *L, const wn_rowgeom *Gp,
                 FN(bwd_run)(gv + (r0 + k) * sgv, 1, gw + (r0 + k) * sgw, 1,
                             v + (r0 + k) * sv, 1, n, a[k], b[k], nt);
         }
-    } else if (!split) {
+    } else if (!P->split) {
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < L->nrows; r++) {
             int64_t ro[3];
@@ -553,14 +548,10 @@ static void FN(bwd_rows)(const wn_layout *L, const T *v, const T *gw,
                          const T *g, int64_t gs, const NT *norms, int64_t ns,
                          T *gv, T *grad_g, int nth, int nt)
 {
-    const wn_rowgeom G = wn_rowgeom_make(L);
-    int split = L->nrows < 2 * (int64_t)nth && G.npieces >= 2;
-    double *part = split ? malloc(sizeof(double) * L->nrows * G.npieces) : NULL;
-    if (!part) split = 0;
-    const int simple = wn_simple_rows(L, 3, &G);
-    WN_TEAM(nth, FN(bwd_rows_team)(L, &G, simple, split, part, v, gw, g, gs,
-                                   norms, ns, gv, grad_g, nt));
-    free(part);
+    const wn_rowplan P = wn_rowplan_make(L, nth, 3);
+    WN_TEAM(nth, FN(bwd_rows_team)(L, &P, v, gw, g, gs, norms, ns, gv, grad_g,
+                                   nt));
+    free(P.part);
 }
 
 /* ---- column mode ------------------------------------------------------- */
