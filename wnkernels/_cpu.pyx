@@ -336,10 +336,10 @@ cdef _Plan _make_plan(layout, int narr, int dtype, int64_t g_stride,
     p.out_nbytes = isz
     for n in p.out_shape:
         p.out_nbytes *= n
-    # forward (v, g[, out]); backward (grad_w, v, g, norms: norms' own dtype)
-    p.align[0] = p.align[1] = p.align[2] = isz
-    p.align[3] = np.dtype(norm_dtype).itemsize
-    p.t_out_view, p.t_norm_view = torch_views or (None, None)
+    # forward (v, g[, out]), backward (grad_w, v, g, norms): elements of v's
+    # dtype, but for a backward's norms (remember_backward sets align[3])
+    p.align[0] = p.align[1] = p.align[2] = p.align[3] = isz
+    p.t_out_view, p.t_norm_view = torch_views
     return p
 
 
@@ -351,9 +351,10 @@ cdef void _store(int kind, key, _Plan p):
 
 
 def remember_forward(key, layout, int dtype, int64_t g_stride, out_shape,
-                     out_perm, out_dtype, norm_shape, norm_dtype, torch_views=None):
+                     out_perm, out_dtype, norm_shape, norm_dtype, torch_views):
     """Register a validated forward call (see the fast-path note) under its
-    `plan_key`.  `torch_views`: the dtypes to view (w, norms) as, for torch."""
+    `plan_key`.  `torch_views`: the torch dtypes to view (w, norms) as after
+    from_numpy, None each where no view is needed (and for NumPy calls)."""
     _store(_FWD, key, _make_plan(layout, 2, dtype, g_stride, 0, out_shape,
                                  out_perm, out_dtype, norm_shape, norm_dtype,
                                  torch_views))
@@ -361,7 +362,7 @@ def remember_forward(key, layout, int dtype, int64_t g_stride, out_shape,
 
 def remember_forward_out(key, layout, int dtype, int64_t g_stride, out_dtype,
                          norm_shape, norm_dtype, extents, bint alias_ok,
-                         torch_views=None):
+                         torch_views):
     """Register a validated forward call with out= (see the fast-path note).
     `extents`: the [lo, hi) byte ranges of v, out and g around their data
     pointers; `alias_ok`: out may be v itself (their strides are equal)."""
@@ -374,7 +375,7 @@ def remember_forward_out(key, layout, int dtype, int64_t g_stride, out_dtype,
 
 def remember_backward(key, layout, int dtype, int64_t g_stride,
                       int64_t n_stride, out_shape, out_perm, out_dtype,
-                      grad_g_shape, norm_dtype, torch_views=None):
+                      grad_g_shape, norm_dtype, torch_views):
     """Register a validated backward call (see the fast-path note)."""
     p = _make_plan(layout, 3, dtype, g_stride, n_stride, out_shape, out_perm,
                    out_dtype, grad_g_shape, out_dtype, torch_views)

@@ -628,7 +628,7 @@ def _weight_norm_backward(grad_w, v, g, norms, dim):
         _cpu_ext.remember_backward(
             key, layout, _CODES[dtype], g_stride, n_stride,
             *_dense_order(vi.shape, vi.strides), vi.base.dtype, gi.shape,
-            ni.base.dtype, (view, view) if vi.kind == "torch" else None)
+            ni.base.dtype, (view, view))                # grad_g in v's dtype
     return grad_v, grad_g
 
 
@@ -638,7 +638,7 @@ _CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 def _remember_forward(dim, args, infos, layout, dtype, g_stride):
     """Remember a validated CPU forward for `_cpu.fast_forward` (or, with
     out=, `fast_forward_out`).  args/infos: v, g, out (None without out=)."""
-    v, g, out = args
+    out = args[2]
     vi, gi, oi = infos
     if out is None:
         args, infos = args[:2], infos[:2]
@@ -647,7 +647,7 @@ def _remember_forward(dim, args, infos, layout, dtype, g_stride):
         return
     key, view = plan
     norm_dtype = np.dtype(FLOAT_DTYPES[dtype])
-    views = (view, None) if vi.kind == "torch" else None   # norms: float32 for bf16
+    views = (view, None)                               # norms: float32 for bf16
     if out is None:
         _cpu_ext.remember_forward(
             key, layout, _CODES[dtype], g_stride, *_dense_order(vi.shape, vi.strides),
