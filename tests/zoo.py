@@ -235,7 +235,9 @@ def compare(name: str, got, ref: np.ndarray, tol: np.ndarray) -> Optional[str]:
     """``got`` against float64 ``ref`` with elementwise tolerance ``tol``.
 
     NaN must sit exactly where ``ref`` has NaN, infinities must match in
-    position and sign, and finite values must be within ``tol``.
+    position and sign, and finite values must be within ``tol``.  A finite
+    ``ref`` beyond the range of ``got``'s dtype (it rounds to +-inf there) may
+    come back as that infinity, or finite within ``tol``.
     """
     got64 = as_f64(got)
     if got64.shape != ref.shape:
@@ -245,6 +247,11 @@ def compare(name: str, got, ref: np.ndarray, tol: np.ndarray) -> Optional[str]:
         idx = np.argwhere(nan_got != nan_ref)[0]
         return (f"{name}: NaN mismatch at {tuple(idx)}: got {got64[tuple(idx)]!r}, "
                 f"expected {ref[tuple(idx)]!r} ({int((nan_got != nan_ref).sum())} elements)")
+    with np.errstate(over="ignore"):
+        rounded = np.asarray(ref).astype(np_dtype(dtype_name(got))).astype(np.float64)
+    overflow = np.isinf(rounded) & np.isfinite(ref) & (got64 == rounded)
+    if overflow.any():            # correctly rounded to the dtype's infinity
+        ref = np.where(overflow, rounded, ref)
     inf_ref = np.isinf(ref)
     if not np.array_equal(got64[inf_ref], ref[inf_ref]) or np.isinf(got64[~inf_ref]).any():
         idx = np.argwhere(np.isinf(got64) != inf_ref)
