@@ -67,18 +67,22 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+CSRC_DEPS = [os.path.join(CSRC, f) for f in ("wn.h", "wn_common.h", "wn_impl.h", "wn_isa.h")]
+NUMPY_API = [("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")]
+
 extensions = [
-    Extension(
-        "wnkernels._cpu",
-        sources=["wnkernels/_cpu.pyx", "csrc/wn.c"],
-        include_dirs=[CSRC, np.get_include()],
-        depends=[os.path.join(CSRC, f) for f in
-                 ("wn.h", "wn_common.h", "wn_impl.h", "wn_isa.h")],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
-    )
+    # The dispatcher (keys, plan cache, public functions): no C kernels.
+    Extension("wnkernels._dispatch", sources=["wnkernels/_dispatch.pyx"],
+              include_dirs=[np.get_include()], define_macros=NUMPY_API),
+    # The CPU backend's executables over the C kernels.
+    Extension("wnkernels.cpu._kernels",
+              sources=["wnkernels/cpu/_kernels.pyx", "csrc/wn.c"],
+              include_dirs=[CSRC, np.get_include()], depends=CSRC_DEPS,
+              define_macros=NUMPY_API),
 ]
 
 setup(
-    ext_modules=cythonize(extensions, compiler_directives={"language_level": 3}),
+    ext_modules=cythonize(extensions, compiler_directives={"language_level": 3},
+                          include_path=[HERE]),
     cmdclass={"build_ext": BuildExt},
 )

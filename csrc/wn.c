@@ -111,12 +111,6 @@ int64_t wn_get_stream_threshold(void)
 void wn_set_col_budget(int64_t nbytes) { wn_col_budget = nbytes > 0 ? nbytes : 1; }
 int64_t wn_get_col_budget(void) { return wn_col_budget; }
 
-typedef void (*wn_fwd_fn)(const wn_layout *, const void *, const void *,
-                          int64_t, void *, void *, double, int, int);
-typedef void (*wn_bwd_fn)(const wn_layout *, const void *, const void *,
-                          const void *, int64_t, const void *, int64_t, void *,
-                          void *, int, int);
-
 #ifdef WN_X86
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,prefer-vector-width=512")
@@ -126,7 +120,7 @@ typedef void (*wn_bwd_fn)(const wn_layout *, const void *, const void *,
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,bmi,bmi2")
+#pragma GCC target("avx2,fma,f16c,bmi,bmi2,tune=haswell")
 #define ISA avx2
 #include "wn_isa.h"
 #undef ISA
@@ -137,23 +131,19 @@ typedef void (*wn_bwd_fn)(const wn_layout *, const void *, const void *,
 #include "wn_isa.h"
 #undef ISA
 
-#define WN_TABLE(kind, isa) \
-    { kind##_f16_##isa, kind##_bf16_##isa, kind##_f32_##isa, kind##_f64_##isa }
+/* Per (ISA, dtype): a task's independent units, and its team work. */
+typedef struct { wn_units_fn units; wn_team_fn team; } wn_entry;
+#define WN_ENTRY(d, isa) { units_##d##_##isa, team_##d##_##isa }
+#define WN_ROW(isa) \
+    { WN_ENTRY(f16, isa), WN_ENTRY(bf16, isa), WN_ENTRY(f32, isa), WN_ENTRY(f64, isa) }
 
 enum { WN_ISA_BASELINE, WN_ISA_AVX2, WN_ISA_AVX512, WN_NISA };
 static const char *const wn_isa_names[WN_NISA] = {"baseline", "avx2", "avx512"};
-static const wn_fwd_fn wn_fwd_table[WN_NISA][4] = {
-    WN_TABLE(forward, baseline),
+static const wn_entry wn_table[WN_NISA][WN_NDTYPES] = {
+    WN_ROW(baseline),
 #ifdef WN_X86
-    WN_TABLE(forward, avx2),
-    WN_TABLE(forward, avx512),
-#endif
-};
-static const wn_bwd_fn wn_bwd_table[WN_NISA][4] = {
-    WN_TABLE(backward, baseline),
-#ifdef WN_X86
-    WN_TABLE(backward, avx2),
-    WN_TABLE(backward, avx512),
+    WN_ROW(avx2),
+    WN_ROW(avx512),
 #endif
 };
 
@@ -181,49 +171,174 @@ static int wn_isa_detect(void)
 
 const char *wn_isa(void) { return wn_isa_names[wn_isa_detect()]; }
 
-static const int64_t wn_itemsize[4] = {2, 2, 4, 8};
+static const int64_t wn_itemsize[WN_NDTYPES] = {2, 2, 4, 8};
 
 /* Below ~64 KiB of input per thread, waking another thread costs more than
  * it saves (and on a busy machine a sleeping team member costs far more).
  * Results do not depend on the thread count, so this is only about speed. */
 #define WN_BYTES_PER_THREAD (64 << 10)
 
-static int wn_threads_for(int dtype, const wn_layout *L, int nthreads, int ninputs)
+/* Bytes a call reads (its weight when a table is shared out). */
+static int64_t wn_call_bytes(const wn_call *c)
 {
-    int64_t bytes = L->nrows * L->rowlen * wn_itemsize[dtype] * ninputs;
-    int64_t useful = bytes / WN_BYTES_PER_THREAD;
-    if (useful < 1) useful = 1;
-    return wn_team_threads(nthreads < useful ? nthreads : (int)useful);
+    const wn_layout *L = c->layout;
+    return L->nrows * L->rowlen * wn_itemsize[c->dtype] * (c->op == WN_BACKWARD ? 2 : 1);
 }
 
 /* Streaming stores pay off when the output is large and has a contiguous
  * axis the strategy writes along (the kept axis in column mode). */
-static int wn_stream_ok(int dtype, const wn_layout *L, int out)
+static int wn_stream_ok(const wn_call *c)
 {
-    if (L->nrows * L->rowlen * wn_itemsize[dtype] < wn_get_stream_threshold()) return 0;
+    const wn_layout *L = c->layout;
+    const int out = c->op == WN_BACKWARD ? 2 : 1;
+    if (c->op == WN_ROW_SCALE) return 0;
+    if (L->nrows * L->rowlen * wn_itemsize[c->dtype] < wn_get_stream_threshold()) return 0;
     if (wn_use_columns(L)) return L->kept_stride[out][L->kept_ndim - 1] == 1;
     return L->red_ndim >= 1 && L->red_stride[out][L->red_ndim - 1] == 1;
 }
 
-void wn_forward(int dtype, const wn_layout *L, const void *v, const void *g,
-                int64_t g_stride, void *w, void *norms, double eps, int nthreads)
+/* A call's task: its strategy and geometry for a team of nth threads.
+ * `colscr`: whether per-thread column scratch of full width exists. */
+static void wn_prepare(const wn_call *c, int nth, int colscr, const wn_entry *e,
+                       wn_task *t)
 {
-    if (L->nrows <= 0) return;
-    wn_fwd_table[wn_isa_detect()][dtype](L, v, g, g_stride, w, norms, eps,
-                                         wn_threads_for(dtype, L, nthreads, 1),
-                                         wn_stream_ok(dtype, L, 1));
+    const wn_layout *L = c->layout;
+    const int64_t isz = wn_itemsize[c->dtype];
+    const int bwd = c->op == WN_BACKWARD, nin = bwd ? 2 : 1, narr = bwd ? 3 : 2;
+    memset(t, 0, sizeof *t);
+    t->c = c;
+    t->units = e->units;
+    t->team = e->team;
+    t->nt = wn_stream_ok(c);
+    if (wn_use_columns(L)) {
+        t->cg = wn_colgeom_make(L, isz, nin, wn_col_budget,
+                                colscr ? WN_COLBLK : WN_COLBLK_MIN);
+        if (t->cg.nsc > 1 && nth > 1) {
+            t->part = malloc(sizeof(double) * t->cg.nsc * L->nrows);
+            t->scal = malloc(2 * sizeof(double) * L->nrows);
+            if (t->part && t->scal) {
+                t->mode = WN_MODE_COLS_SPLIT;
+                return;
+            }
+            free(t->part);
+            free(t->scal);
+            t->part = NULL;
+            t->scal = NULL;
+        }
+        t->mode = WN_MODE_COLS;
+        t->nunits = t->cg.nouter * t->cg.nblk;
+        t->unit_bytes = t->cg.cb * L->rowlen * isz * nin + 64;
+        return;
+    }
+    t->rg = wn_rowgeom_make(L);
+    if (L->nrows < 2 * (int64_t)nth && t->rg.npieces >= 2) {
+        t->part = malloc(sizeof(double) * L->nrows * t->rg.npieces);
+        if (t->part) {
+            t->mode = WN_MODE_SPLIT;
+            return;
+        }
+    }
+    /* Per row, a square root, a division and the loop set-up: weigh it as
+     * 64 bytes so tables of short rows still share out evenly. */
+    const int64_t row_bytes = L->rowlen * isz * nin + 64;
+    if (wn_simple_rows(L, narr, &t->rg)) {
+        t->mode = WN_MODE_SIMPLE;
+        t->rb = wn_row_batch(L->rowlen, isz, nin);
+        t->nunits = (L->nrows + t->rb - 1) / t->rb;
+        t->unit_bytes = row_bytes * t->rb;
+    } else {
+        t->mode = WN_MODE_ROWS;
+        t->nunits = L->nrows;
+        t->unit_bytes = row_bytes;
+    }
 }
 
-void wn_backward(int dtype, const wn_layout *L, const void *grad_w,
-                 const void *v, const void *g, int64_t g_stride,
-                 const void *norms, int64_t norms_stride, void *grad_v,
-                 void *grad_g, int nthreads)
+/* One thread's share of a table: the independent units whose first byte
+ * falls in [lo, hi) of the concatenated units (in table order), then its
+ * part of every team task.  Outside a team (nth == 1) it is all of it. */
+static void wn_share(const wn_task *tasks, int64_t ntask, const int64_t *start,
+                     int64_t total, double *scratch)
 {
-    if (L->nrows <= 0) return;
-    wn_bwd_table[wn_isa_detect()][dtype](L, grad_w, v, g, g_stride, norms,
-                                         norms_stride, grad_v, grad_g,
-                                         wn_threads_for(dtype, L, nthreads, 2),
-                                         wn_stream_ok(dtype, L, 2));
+    const int tid = wn_thread_num(), nteam = wn_num_threads();
+    double *scr = scratch ? scratch + (size_t)tid * WN_COLSCR * WN_COLBLK : NULL;
+    double small[WN_COLSCR * WN_COLBLK_MIN];
+    if (!scr) scr = small;
+    const int64_t lo = (int64_t)((double)total * tid / nteam);
+    const int64_t hi = tid + 1 == nteam ? total : (int64_t)((double)total * (tid + 1) / nteam);
+    for (int64_t i = 0; i < ntask; i++) {
+        const wn_task *t = &tasks[i];
+        if (!t->nunits) continue;
+        const int64_t a = start[i], b = a + t->nunits * t->unit_bytes;
+        if (b <= lo || a >= hi) continue;
+        /* unit u starts at a + u * unit_bytes: take those starting in [lo, hi) */
+        int64_t u0 = lo <= a ? 0 : (lo - a + t->unit_bytes - 1) / t->unit_bytes;
+        int64_t u1 = hi >= b ? t->nunits : (hi - a + t->unit_bytes - 1) / t->unit_bytes;
+        if (u0 < u1) t->units(t, u0, u1, scr);
+    }
+    for (int64_t i = 0; i < ntask; i++)
+        if (tasks[i].team) tasks[i].team(&tasks[i], scr);
+}
+
+#define WN_STACK_TASKS 16
+
+int wn_run(const wn_call *calls, int64_t ncalls, int nthreads)
+{
+    wn_task stack_tasks[WN_STACK_TASKS];
+    int64_t stack_start[WN_STACK_TASKS];
+    wn_task *tasks = stack_tasks;
+    int64_t *start = stack_start;
+    int rc = 0;
+    if (ncalls <= 0) return 0;
+    if (ncalls > WN_STACK_TASKS) {
+        tasks = malloc(sizeof(wn_task) * ncalls);
+        start = malloc(sizeof(int64_t) * ncalls);
+        if (!tasks || !start) {
+            free(tasks);
+            free(start);
+            return -1;
+        }
+    }
+    /* Team size from the bytes of the whole table. */
+    int64_t bytes = 0;
+    int anycols = 0;
+    for (int64_t i = 0; i < ncalls; i++) {
+        if (calls[i].layout->nrows <= 0) continue;
+        bytes += wn_call_bytes(&calls[i]);
+        anycols |= wn_use_columns(calls[i].layout);
+    }
+    int64_t useful = bytes / WN_BYTES_PER_THREAD;
+    if (useful < 1) useful = 1;
+    const int nth = wn_team_threads(nthreads < useful ? nthreads : (int)useful);
+    /* Per-thread column scratch (blocks are wide: a few hundred KiB would
+     * be unkind to small thread stacks); without it, narrow blocks on the
+     * stack.  Block width never changes bits. */
+    double *scratch = anycols ? malloc(sizeof(double) * WN_COLSCR * WN_COLBLK * nth) : NULL;
+    const wn_entry *row = wn_table[wn_isa_detect()];
+    int64_t ntask = 0, total = 0;
+    for (int64_t i = 0; i < ncalls; i++) {
+        if (calls[i].layout->nrows <= 0) continue;
+        wn_task *t = &tasks[ntask];
+        wn_prepare(&calls[i], nth, scratch != NULL, &row[calls[i].dtype], t);
+        if (t->mode == WN_MODE_SPLIT || t->mode == WN_MODE_COLS_SPLIT) {
+            t->nunits = 0;
+        } else {
+            t->team = NULL;
+            start[ntask] = total;
+            total += t->nunits * t->unit_bytes;
+        }
+        ntask++;
+    }
+    WN_TEAM(nth, wn_share(tasks, ntask, start, total, scratch));
+    for (int64_t i = 0; i < ntask; i++) {
+        free(tasks[i].part);
+        free(tasks[i].scal);
+    }
+    free(scratch);
+    if (tasks != stack_tasks) {
+        free(tasks);
+        free(start);
+    }
+    return rc;
 }
 
 /* ---- rooflines: what the same threads reach on a plain copy / triad ---- */

@@ -16,6 +16,8 @@
 #include "wn.h"
 
 #define WN_INLINE static inline __attribute__((always_inline))
+/* Fully unroll the loop over a lane block's vectors (keeps them in registers). */
+#define WN_UNROLL _Pragma("GCC unroll 16")
 
 /* Lane accumulators per row piece: element i of a run goes to lane i % 32.
  * Explicit lanes make the summation order a function of the layout only, so
@@ -27,40 +29,6 @@
 #define WN_PIECE 4096
 /* Column mode: reduced steps accumulated plainly before a Neumaier flush. */
 #define WN_COLCHUNK 128
-
-/* GCC vector types: lowered to zmm, ymm pairs or xmm quads per variant. */
-typedef double wn_v8d __attribute__((vector_size(64), aligned(8)));
-typedef float wn_v8f __attribute__((vector_size(32), aligned(4)));
-
-typedef float wn_v16f __attribute__((vector_size(64), aligned(4)));
-
-
-typedef int64_t wn_v8i __attribute__((vector_size(64)));
-
-/* wn_lanes_total on lanes held in registers: the same pairwise tree. */
-WN_INLINE double wn_v8d_total(const wn_v8d *a)
-{
-    wn_v8d s = a[0] + a[2], t = a[1] + a[3];
-    s += t;
-    s += __builtin_shuffle(s, (wn_v8i){4, 5, 6, 7, 4, 5, 6, 7});
-    s += __builtin_shuffle(s, (wn_v8i){2, 3, 2, 3, 2, 3, 2, 3});
-    s += __builtin_shuffle(s, (wn_v8i){1, 1, 1, 1, 1, 1, 1, 1});
-    return s[0];
-}
-
-WN_INLINE wn_v8d wn_v8d_from_f32(const float *f)
-{
-    wn_v8f x;
-    memcpy(&x, f, sizeof x);
-    return __builtin_convertvector(x, wn_v8d);
-}
-
-WN_INLINE wn_v8d wn_v8d_from_f64(const double *f)
-{
-    wn_v8d x;
-    memcpy(&x, f, sizeof x);
-    return x;
-}
 
 /* ---- bit casts and 16-bit float conversions (exact, round-to-nearest-even) */
 
@@ -187,27 +155,6 @@ WN_INLINE int wn_simple_rows(const wn_layout *L, int narr, const wn_rowgeom *G)
     return 1;
 }
 
-/* Row-mode plan, the same for forward and backward: the pieces, whether
- * every row's pieces are split across the threads (few rows: `part` holds
- * the per-piece totals; no split if it cannot be allocated), and whether
- * the rows are simple (see wn_simple_rows).  Release with free(P->part). */
-typedef struct {
-    wn_rowgeom G;
-    int split, simple;
-    double *part;
-} wn_rowplan;
-
-WN_INLINE wn_rowplan wn_rowplan_make(const wn_layout *L, int nth, int narr)
-{
-    wn_rowplan P;
-    P.G = wn_rowgeom_make(L);
-    P.split = L->nrows < 2 * (int64_t)nth && P.G.npieces >= 2;
-    P.part = P.split ? malloc(sizeof(double) * L->nrows * P.G.npieces) : NULL;
-    if (!P.part) P.split = 0;
-    P.simple = wn_simple_rows(L, narr, &P.G);
-    return P;
-}
-
 /* Rows per batch in the short-row path: as many as keep the batch's inputs
  * within 16 KiB (half an L1), at most WN_ROWBATCH.  Batching changes no
  * arithmetic. */
@@ -329,6 +276,49 @@ WN_INLINE wn_colgeom wn_colgeom_make(const wn_layout *L, int64_t itemsize,
     G.nblk = (G.m + G.cb - 1) / G.cb;
     return G;
 }
+
+/* ---- tasks: one call of a wn_run table, prepared (wn.c) -------------- */
+
+#define WN_BUFBYTES 1024
+#define WN_COLBLK 4096      /* widest column block (a 16 KiB run of float32) */
+#define WN_COLBLK_MIN 64    /* column block if the scratch allocation fails */
+#define WN_COLSCR 9         /* scratch doubles per column of a block */
+
+/*
+ * How a call's work is cut.  Independent units (whole rows, batches of short
+ * rows, column blocks) go to whichever thread the byte split of the table
+ * gives them; a team call is worked on by every thread of the region at
+ * once (a barrier per row, or per phase).  Either way each row's arithmetic
+ * is the same, so the cut never changes bits.
+ */
+enum wn_mode {
+    WN_MODE_SIMPLE,      /* rows that are one contiguous piece: units = batches of rows */
+    WN_MODE_ROWS,        /* any rows: units = rows                                     */
+    WN_MODE_SPLIT,       /* few long rows, every row's pieces split over the team      */
+    WN_MODE_COLS,        /* kept axis fastest: units = column blocks                   */
+    WN_MODE_COLS_SPLIT   /* ... with long reductions split over the team               */
+};
+
+typedef struct wn_task wn_task;
+/* Units [u0, u1) of an independent task; scratch: this thread's column scratch. */
+typedef void (*wn_units_fn)(const wn_task *t, int64_t u0, int64_t u1, double *scratch);
+/* A team task, called by every thread of the team (or alone, outside one). */
+typedef void (*wn_team_fn)(const wn_task *t, double *scratch);
+
+struct wn_task {
+    const wn_call *c;
+    int mode;
+    int nt;                  /* streaming stores for the output */
+    int rb;                  /* SIMPLE: rows per batch */
+    wn_rowgeom rg;           /* row modes */
+    wn_colgeom cg;           /* column modes */
+    int64_t nunits;          /* independent units (0 for team tasks) */
+    int64_t unit_bytes;      /* bytes read per unit (the share-out weight) */
+    double *part;            /* SPLIT: nrows x npieces; COLS_SPLIT: nsc x nrows */
+    void *scal;              /* COLS_SPLIT: per-row scalars */
+    wn_units_fn units;
+    wn_team_fn team;
+};
 
 /* Column mode applies when the innermost kept dim is v's fastest axis. */
 WN_INLINE int wn_use_columns(const wn_layout *L)

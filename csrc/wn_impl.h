@@ -8,12 +8,20 @@
  *   LDF(x)    T -> CT        STF(y)   CT -> T
  *   LDB(x)    T -> BT        STB(y)   BT -> T
  *   WN_FLUSH    0: float64 lanes; k > 0: float32 lanes flushed every k steps
- *   TOV8D(const CT *f)           8 consecutive CT values as a wn_v8d vector
- *   VLOAD16(CT *f, const T *p)   16 contiguous elements -> CT
- *   VSTORE16(T *p, const CT *f)  16 CT values -> contiguous elements
+ *   VF, VD                       this ISA's native float / double vectors
+ *   LOADVF(p) / LOADVD(p)        WN_VFL elements at p as a VF (exact) / f64: as a VD
+ *   WN_NVF, WN_NVD               how many of them make 32 lanes
+ *   WN_VFL, WN_VDL               lanes per VF / VD
+ *   CV, CVL                      the CT vector type (VF or VD) and its lanes
+ *   LOADCV(p) / STORECV(p, x)    CVL contiguous elements <-> a CV (LDF / STF exactly)
+ *   LOADC(p)                     CVL contiguous CT values as a CV
  *   STREAM(dst, src, nbytes)  streaming store of a 64-byte-aligned L1 buffer
  *
- * Two strategies, both with one parallel region per call:
+ * Each (ISA, dtype) provides two entry points over a prepared wn_task (see
+ * wn_common.h, made by wn.c): `units` runs a range of a task's independent
+ * units on the calling thread; `team` runs a team task's share on every
+ * thread of the current team.  Forward and row scale (w == NULL: no second
+ * pass) share the forward bodies.  Two strategies:
  *
  *   rows     the innermost reduced dim is v's fastest axis.  Each row is cut
  *            into pieces (wn_rowgeom); a piece's sum of squares (or dot
@@ -32,28 +40,18 @@
  * Both orders are fixed by the layout alone: thread count never changes bits.
  */
 
-#define WN_BUFBYTES 1024
-#define WN_COLBLK 4096      /* widest column block (a 16 KiB run of float32) */
-#define WN_COLBLK_MIN 64    /* column block if the scratch allocation fails */
-#define WN_COLSCR 9         /* scratch doubles per column of a block */
-
 /* ---- runs along one strided dim (the vectorized inner loops) ---------- */
 
-#if WN_FLUSH
-/* Lanes 0..31 (four 8-double vectors) += the float32 lanes of (a0 | a1). */
-WN_INLINE void FN(flush)(wn_v8d *restrict a, wn_v16f a0, wn_v16f a1)
-{
-    float f[32];
-    memcpy(f, &a0, sizeof a0);
-    memcpy(f + 16, &a1, sizeof a1);
-    for (int k = 0; k < 4; k++) a[k] += TOV8D(f + 8 * k);
-}
-#endif
+/* The 32 lanes: element i of a run goes to lane i % 32, each lane a float64
+ * total in the caller's `acc[32]` (L1).  The hot loops hold their partials
+ * in VF / VD registers of this ISA's native width (WN_NVF / WN_NVD of them:
+ * 2 / 4 zmm, 4 / 8 ymm or 8 / 16 xmm), so every variant computes the same
+ * lanes in the same order and gives the same bits.  (Wider-than-native GCC
+ * vectors are lowered through the stack on AVX2 and SSE: several times
+ * slower.) */
 
-/* Contiguous runs into the 32 lanes held as four 8-double vectors (element
- * i of the run goes to lane i % 32).  Kept in registers by the callers: an
- * in-memory lane array costs a store-forwarding chain per step. */
-WN_INLINE void FN(vsumsq)(wn_v8d *restrict a, const T *restrict x, int64_t n)
+/* Contiguous run of n elements into the lanes. */
+WN_INLINE void FN(vsumsq)(double *restrict acc, const T *restrict x, int64_t n)
 {
     int64_t i = 0;
 #if WN_FLUSH
@@ -64,86 +62,73 @@ WN_INLINE void FN(vsumsq)(wn_v8d *restrict a, const T *restrict x, int64_t n)
      * exact, so k * 2^-24 there), which keeps norms well inside the 1e-6
      * bound at a fraction of the conversion work of float64 lanes. */
     while (i + WN_LANES <= n) {
-        wn_v16f a0 = {0}, a1 = {0};
-        for (int k = 0; k < WN_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES) {
-            float f[WN_LANES];
-            VLOAD16(f, x + i);
-            VLOAD16(f + 16, x + i + 16);
-            wn_v16f t0, t1;
-            memcpy(&t0, f, sizeof t0);
-            memcpy(&t1, f + 16, sizeof t1);
-            a0 += t0 * t0;
-            a1 += t1 * t1;
-        }
-        FN(flush)(a, a0, a1);
+        VF p[WN_NVF];
+        for (int q = 0; q < WN_NVF; q++) p[q] = (VF){0};
+        for (int k = 0; k < WN_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES)
+            WN_UNROLL
+            for (int q = 0; q < WN_NVF; q++) {
+                const VF t = LOADVF(x + i + q * WN_VFL);
+                p[q] += t * t;
+            }
+        for (int q = 0; q < WN_NVF; q++) WN_FLUSH1(acc + q * WN_VFL, p[q]);
     }
 #else
-    for (; i + WN_LANES <= n; i += WN_LANES) {
-        CT f[WN_LANES];
-        VLOAD16(f, x + i);
-        VLOAD16(f + 16, x + i + 16);
-        for (int k = 0; k < 4; k++) {
-            wn_v8d t = TOV8D(f + 8 * k);
-            a[k] += t * t;
-        }
+    if (i + WN_LANES <= n) {
+        VD a[WN_NVD];
+        for (int q = 0; q < WN_NVD; q++) memcpy(&a[q], acc + q * WN_VDL, sizeof a[q]);
+        for (; i + WN_LANES <= n; i += WN_LANES)
+            WN_UNROLL
+            for (int q = 0; q < WN_NVD; q++) {
+                const VD t = LOADVD(x + i + q * WN_VDL);
+                a[q] += t * t;
+            }
+        for (int q = 0; q < WN_NVD; q++) memcpy(acc + q * WN_VDL, &a[q], sizeof a[q]);
     }
 #endif
     for (int j = 0; i < n; i++, j++) {
         double t = LDD(x[i]);
-        a[j >> 3][j & 7] += t * t;
+        acc[j] += t * t;
     }
 }
 
-WN_INLINE void FN(vdot)(wn_v8d *restrict acc, const T *restrict a,
+/* Contiguous runs of a and b: the lanes of the dot product. */
+WN_INLINE void FN(vdot)(double *restrict acc, const T *restrict a,
                         const T *restrict b, int64_t n)
 {
     int64_t i = 0;
 #if WN_FLUSH
     while (i + WN_LANES <= n) {
-        wn_v16f a0 = {0}, a1 = {0};
-        for (int k = 0; k < WN_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES) {
-            float fa[WN_LANES], fb[WN_LANES];
-            VLOAD16(fa, a + i);
-            VLOAD16(fa + 16, a + i + 16);
-            VLOAD16(fb, b + i);
-            VLOAD16(fb + 16, b + i + 16);
-            wn_v16f x0, x1, y0, y1;
-            memcpy(&x0, fa, sizeof x0);
-            memcpy(&x1, fa + 16, sizeof x1);
-            memcpy(&y0, fb, sizeof y0);
-            memcpy(&y1, fb + 16, sizeof y1);
-            a0 += x0 * y0;
-            a1 += x1 * y1;
-        }
-        FN(flush)(acc, a0, a1);
+        VF p[WN_NVF];
+        for (int q = 0; q < WN_NVF; q++) p[q] = (VF){0};
+        for (int k = 0; k < WN_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES)
+            WN_UNROLL
+            for (int q = 0; q < WN_NVF; q++)
+                p[q] += LOADVF(a + i + q * WN_VFL) * LOADVF(b + i + q * WN_VFL);
+        for (int q = 0; q < WN_NVF; q++) WN_FLUSH1(acc + q * WN_VFL, p[q]);
     }
 #else
-    for (; i + WN_LANES <= n; i += WN_LANES) {
-        CT fa[WN_LANES], fb[WN_LANES];
-        VLOAD16(fa, a + i);
-        VLOAD16(fa + 16, a + i + 16);
-        VLOAD16(fb, b + i);
-        VLOAD16(fb + 16, b + i + 16);
-        for (int k = 0; k < 4; k++)
-            acc[k] += TOV8D(fa + 8 * k) * TOV8D(fb + 8 * k);
+    if (i + WN_LANES <= n) {
+        VD s[WN_NVD];
+        for (int q = 0; q < WN_NVD; q++) memcpy(&s[q], acc + q * WN_VDL, sizeof s[q]);
+        for (; i + WN_LANES <= n; i += WN_LANES)
+            WN_UNROLL
+            for (int q = 0; q < WN_NVD; q++)
+                s[q] += LOADVD(a + i + q * WN_VDL) * LOADVD(b + i + q * WN_VDL);
+        for (int q = 0; q < WN_NVD; q++) memcpy(acc + q * WN_VDL, &s[q], sizeof s[q]);
     }
 #endif
     for (int j = 0; i < n; i++, j++)
-        acc[j >> 3][j & 7] += LDD(a[i]) * LDD(b[i]);
+        acc[j] += LDD(a[i]) * LDD(b[i]);
 }
 
-/* Strided or contiguous run into the lane array `acc` (same lane rule). */
+/* Strided or contiguous run into the lanes (same lane rule). */
 WN_INLINE void FN(lane_sumsq)(double *restrict acc, const T *restrict x,
                               int64_t n, int64_t s)
 {
     /* Runs shorter than the lanes (e.g. the 3x3 taps of a ConvTranspose
-     * weight normalized over dim=1) only meet the tail below: skip moving
-     * the lanes through vector registers.  Same additions, same bits. */
-    if (s == 1 && n >= WN_LANES) {
-        wn_v8d a[4];
-        memcpy(a, acc, sizeof a);
-        FN(vsumsq)(a, x, n);
-        memcpy(acc, a, sizeof a);
+     * weight normalized over dim=1) only meet the tail loop. */
+    if (s == 1) {
+        FN(vsumsq)(acc, x, n);
         return;
     }
     int64_t i = 0;
@@ -162,11 +147,8 @@ WN_INLINE void FN(lane_dot)(double *restrict acc, const T *restrict a,
                             int64_t sa, const T *restrict b, int64_t sb,
                             int64_t n)
 {
-    if (sa == 1 && sb == 1 && n >= WN_LANES) {
-        wn_v8d la[4];
-        memcpy(la, acc, sizeof la);
-        FN(vdot)(la, a, b, n);
-        memcpy(acc, la, sizeof la);
+    if (sa == 1 && sb == 1) {
+        FN(vdot)(acc, a, b, n);
         return;
     }
     int64_t i = 0;
@@ -177,24 +159,10 @@ WN_INLINE void FN(lane_dot)(double *restrict acc, const T *restrict a,
         acc[j] += LDD(a[i * sa]) * LDD(b[i * sb]);
 }
 
-/* 16 elements of w = v * scale (contiguous). */
-WN_INLINE void FN(scale16)(T *w, const T *v, CT scale)
-{
-    CT f[16];
-    VLOAD16(f, v);
-    for (int j = 0; j < 16; j++) f[j] *= scale;
-    VSTORE16(w, f);
-}
-
-/* 16 elements of grad_v = a * grad_w - b * v (contiguous). */
-WN_INLINE void FN(bwd16)(T *gv, const T *gw, const T *v, BT a, BT b)
-{
-    CT fg[16], fv[16];
-    VLOAD16(fg, gw);
-    VLOAD16(fv, v);
-    for (int j = 0; j < 16; j++) fg[j] = (CT)(a * (BT)fg[j] - b * (BT)fv[j]);
-    VSTORE16(gv, fg);
-}
+/* ---- the elementwise passes, CVL elements (one CV register) at a time --
+ * Each element goes through exactly the scalar arithmetic (LDF, one CT
+ * multiply / the backward's two products and a difference, STF rounding),
+ * vector or tail alike. */
 
 /* w = v * scale.  With `nt`, a contiguous w is written with streaming
  * stores (no read-for-ownership of w's lines) through an L1 buffer. */
@@ -203,17 +171,22 @@ WN_INLINE void FN(scale_run)(T *w, int64_t sw, const T *v, int64_t sv,
 {
     int64_t i = 0;
     if (sw == 1 && sv == 1) {
+        const CV s = (CV){0} + scale;
         if (nt) {
             enum { B = WN_BUFBYTES / sizeof(T) };
             T buf[B] __attribute__((aligned(64)));
             for (; i < n && ((uintptr_t)(w + i) & 63); i++)
                 w[i] = STF(LDF(v[i]) * scale);
             for (; i + B <= n; i += B) {
-                for (int j = 0; j < B; j += 16) FN(scale16)(buf + j, v + i + j, scale);
+                for (int j = 0; j < B; j += CVL) STORECV(buf + j, LOADCV(v + i + j) * s);
                 STREAM(w + i, buf, sizeof buf);
             }
         }
-        for (; i + 16 <= n; i += 16) FN(scale16)(w + i, v + i, scale);
+        for (; i + 2 * CVL <= n; i += 2 * CVL) {
+            STORECV(w + i, LOADCV(v + i) * s);
+            STORECV(w + i + CVL, LOADCV(v + i + CVL) * s);
+        }
+        for (; i + CVL <= n; i += CVL) STORECV(w + i, LOADCV(v + i) * s);
         for (; i < n; i++) w[i] = STF(LDF(v[i]) * scale);
     } else {
         for (; i < n; i++) w[i * sw] = STF(LDF(v[i * sv]) * scale);
@@ -227,17 +200,20 @@ WN_INLINE void FN(bwd_run)(T *gv, int64_t sgv, const T *gw, int64_t sgw,
 {
     int64_t i = 0;
     if (sgv == 1 && sgw == 1 && sv == 1) {
+        const CV va = (CV){0} + a, vb = (CV){0} + b;
         if (nt) {
             enum { B = WN_BUFBYTES / sizeof(T) };
             T buf[B] __attribute__((aligned(64)));
             for (; i < n && ((uintptr_t)(gv + i) & 63); i++)
                 gv[i] = STB(a * LDB(gw[i]) - b * LDB(v[i]));
             for (; i + B <= n; i += B) {
-                for (int j = 0; j < B; j += 16) FN(bwd16)(buf + j, gw + i + j, v + i + j, a, b);
+                for (int j = 0; j < B; j += CVL)
+                    STORECV(buf + j, va * LOADCV(gw + i + j) - vb * LOADCV(v + i + j));
                 STREAM(gv + i, buf, sizeof buf);
             }
         }
-        for (; i + 16 <= n; i += 16) FN(bwd16)(gv + i, gw + i, v + i, a, b);
+        for (; i + CVL <= n; i += CVL)
+            STORECV(gv + i, va * LOADCV(gw + i) - vb * LOADCV(v + i));
         for (; i < n; i++) gv[i] = STB(a * LDB(gw[i]) - b * LDB(v[i]));
     } else {
         for (; i < n; i++)
@@ -246,23 +222,6 @@ WN_INLINE void FN(bwd_run)(T *gv, int64_t sgv, const T *gw, int64_t sgw,
 }
 
 /* Contiguous runs with a per-element scale (column mode): y = x * sc[i]. */
-WN_INLINE void FN(scalev16)(T *y, const T *x, const CT *sc)
-{
-    CT f[16];
-    VLOAD16(f, x);
-    for (int j = 0; j < 16; j++) f[j] *= sc[j];
-    VSTORE16(y, f);
-}
-
-WN_INLINE void FN(bwdv16)(T *z, const T *y, const T *x, const BT *a, const BT *b)
-{
-    CT fy[16], fx[16];
-    VLOAD16(fy, y);
-    VLOAD16(fx, x);
-    for (int j = 0; j < 16; j++) fy[j] = (CT)(a[j] * (BT)fy[j] - b[j] * (BT)fx[j]);
-    VSTORE16(z, fy);
-}
-
 WN_INLINE void FN(scalev_run)(T *y, const T *x, const CT *sc, int64_t n, int nt)
 {
     int64_t i = 0;
@@ -271,14 +230,16 @@ WN_INLINE void FN(scalev_run)(T *y, const T *x, const CT *sc, int64_t n, int nt)
         T buf[B] __attribute__((aligned(64)));
         for (; i < n && ((uintptr_t)(y + i) & 63); i++) y[i] = STF(LDF(x[i]) * sc[i]);
         for (; i + B <= n; i += B) {
-            for (int j = 0; j < B; j += 16) FN(scalev16)(buf + j, x + i + j, sc + i + j);
+            for (int j = 0; j < B; j += CVL)
+                STORECV(buf + j, LOADCV(x + i + j) * LOADC(sc + i + j));
             STREAM(y + i, buf, sizeof buf);
         }
     }
-    for (; i + 16 <= n; i += 16) FN(scalev16)(y + i, x + i, sc + i);
+    for (; i + CVL <= n; i += CVL) STORECV(y + i, LOADCV(x + i) * LOADC(sc + i));
     for (; i < n; i++) y[i] = STF(LDF(x[i]) * sc[i]);
 }
 
+/* z = a[i] * y - b[i] * x (column mode backward). */
 WN_INLINE void FN(bwdv_run)(T *z, const T *y, const T *x, const BT *a,
                             const BT *b, int64_t n, int nt)
 {
@@ -289,12 +250,14 @@ WN_INLINE void FN(bwdv_run)(T *z, const T *y, const T *x, const BT *a,
         for (; i < n && ((uintptr_t)(z + i) & 63); i++)
             z[i] = STB(a[i] * LDB(y[i]) - b[i] * LDB(x[i]));
         for (; i + B <= n; i += B) {
-            for (int j = 0; j < B; j += 16)
-                FN(bwdv16)(buf + j, y + i + j, x + i + j, a + i + j, b + i + j);
+            for (int j = 0; j < B; j += CVL)
+                STORECV(buf + j, LOADC(a + i + j) * LOADCV(y + i + j)
+                                 - LOADC(b + i + j) * LOADCV(x + i + j));
             STREAM(z + i, buf, sizeof buf);
         }
     }
-    for (; i + 16 <= n; i += 16) FN(bwdv16)(z + i, y + i, x + i, a + i, b + i);
+    for (; i + CVL <= n; i += CVL)
+        STORECV(z + i, LOADC(a + i) * LOADCV(y + i) - LOADC(b + i) * LOADCV(x + i));
     for (; i < n; i++) z[i] = STB(a[i] * LDB(y[i]) - b[i] * LDB(x[i]));
 }
 
@@ -308,7 +271,8 @@ WN_INLINE int64_t FN(inner_stride)(const wn_layout *L, int a)
 static double FN(piece_sumsq)(const wn_layout *L, const wn_rowgeom *G,
                               const T *v, const int64_t *ro, int64_t p)
 {
-    double acc[WN_LANES] = {0};
+    double acc[WN_LANES] __attribute__((aligned(64)));
+    WN_ZERO(acc);
     const int64_t sv = FN(inner_stride)(L, 0);
     wn_piece P;
     wn_piece_begin(L, G, 1, p, ro, &P);
@@ -316,14 +280,15 @@ static double FN(piece_sumsq)(const wn_layout *L, const wn_rowgeom *G,
         if (s) wn_piece_next(L, G, 1, &P);
         FN(lane_sumsq)(acc, v + P.off[0], P.nin, sv);
     }
-    return wn_lanes_total(acc);
+    return WN_TOTAL(acc);
 }
 
 static double FN(piece_dot)(const wn_layout *L, const wn_rowgeom *G,
                             const T *v, const T *gw, const int64_t *ro,
                             int64_t p)
 {
-    double acc[WN_LANES] = {0};
+    double acc[WN_LANES] __attribute__((aligned(64)));
+    WN_ZERO(acc);
     const int64_t sv = FN(inner_stride)(L, 0), sgw = FN(inner_stride)(L, 1);
     wn_piece P;
     wn_piece_begin(L, G, 2, p, ro, &P);
@@ -331,7 +296,7 @@ static double FN(piece_dot)(const wn_layout *L, const wn_rowgeom *G,
         if (s) wn_piece_next(L, G, 2, &P);
         FN(lane_dot)(acc, v + P.off[0], sv, gw + P.off[1], sgw, P.nin);
     }
-    return wn_lanes_total(acc);
+    return WN_TOTAL(acc);
 }
 
 static void FN(piece_scale)(const wn_layout *L, const wn_rowgeom *G,
@@ -362,9 +327,13 @@ static void FN(piece_bwd)(const wn_layout *L, const wn_rowgeom *G,
     }
 }
 
-/* ---- per-row scalars (the math of CONTRACT.md, in one place) ---------- */
+/* ---- per-row scalars (the math, once for this backend) ------------------ */
 
-/* norm = sqrt(sum v^2 + eps); scale = g / norm, formed before it meets v. */
+/* norm = sqrt(sum v^2 + eps); scale = g / norm with the norm as stored,
+ * formed before it meets v (so g == norm gives a scale of exactly 1).  The
+ * quotient is one correctly rounded CT division; the row scale call rounds
+ * it once more to T, which for every T here equals rounding g / norm to T
+ * directly (24 >= 2p + 2 bits: double rounding of a quotient is harmless). */
 WN_INLINE CT FN(fwd_row_scalars)(double sumsq, double eps, T g, NT *norm_out)
 {
     NT norm = (NT)sqrt(sumsq + eps);
@@ -373,7 +342,7 @@ WN_INLINE CT FN(fwd_row_scalars)(double sumsq, double eps, T g, NT *norm_out)
 }
 
 /* grad_g = dot / norm;  grad_v = a * grad_w - b * v with
- * a = g / norm,  b = g * grad_g / norm^2 = a * grad_g / norm.
+ * a = g / norm,  b = a * grad_g / norm  (= g * grad_g / norm^2).
  * In float64 with one division (1/norm): a few float64 ulps, far below the
  * rounding to the output type for every type but float64 itself. */
 WN_INLINE void FN(bwd_row_scalars)(double dot, NT norm_in, T g, T *grad_g,
@@ -386,172 +355,187 @@ WN_INLINE void FN(bwd_row_scalars)(double dot, NT norm_in, T g, T *grad_g,
     *b = (BT)(ad * gg * inv);
 }
 
-/* ---- row mode drivers -------------------------------------------------- */
-
-/* One thread's share of a row-mode forward (all of it outside a team). */
-WN_INLINE void FN(fwd_rows_team)(const wn_layout *L, const wn_rowplan *P,
-                                 const T *v, const T *g, int64_t gs, T *w,
-                                 NT *norms, double eps, int nt)
+/* Row r of a forward or row-scale call: its scalars from the row's sum of
+ * squares; stores the norm (and the rounded scale) when `store`. */
+WN_INLINE CT FN(fwd_row)(const wn_call *c, int64_t r, double sumsq, int store)
 {
-    const wn_rowgeom G = P->G;
-    double *part = P->part;
-    if (P->simple) {
+    NT norm;
+    const CT s = FN(fwd_row_scalars)(sumsq, c->eps,
+                                     ((const T *)c->g)[r * c->g_stride], &norm);
+    if (store) {
+        ((NT *)c->norms_out)[r] = norm;
+        if (c->scale) ((T *)c->scale)[r] = STF(s);
+    }
+    return s;
+}
+
+/* Row r of a backward call: its scalars from the row's dot product; stores
+ * grad_g when `store`. */
+WN_INLINE void FN(bwd_row)(const wn_call *c, int64_t r, double dot, int store,
+                           BT *a, BT *b)
+{
+    T gg;
+    FN(bwd_row_scalars)(dot, ((const NT *)c->norms)[r * c->norms_stride],
+                        ((const T *)c->g)[r * c->g_stride], &gg, a, b);
+    if (store) ((T *)c->grad_g)[r] = gg;
+}
+
+/* ---- row modes ---------------------------------------------------------- */
+
+/* Forward / row scale, units [u0, u1): batches of simple rows, or rows. */
+static void FN(fwd_rows)(const wn_task *t, int64_t u0, int64_t u1)
+{
+    const wn_call *c = t->c;
+    const wn_layout *L = c->layout;
+    const wn_rowgeom *G = &t->rg;
+    const T *v = (const T *)c->v;
+    T *w = (T *)c->w;                 /* NULL: row scale (no second pass) */
+    const int nt = t->nt;
+    if (t->mode == WN_MODE_SIMPLE) {
         /* One contiguous piece per row at a fixed row stride: the same
-         * arithmetic as below without the layout walking (short rows
-         * would otherwise spend more time there than on data). */
+         * arithmetic as the general path without the layout walking (short
+         * rows would otherwise spend more time there than on data).  Rows
+         * in batches: all sums first, then all square roots and divisions
+         * (independent, so they pipeline instead of each row waiting on its
+         * own sqrt -> divide chain), then the scaling while the batch is
+         * still in L1 (which sizes the batch).  The piece total added to an
+         * empty Neumaier sum is the piece total itself: same bits. */
         const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
         const int64_t sw = L->kept_ndim ? L->kept_stride[1][0] : 0;
         const int64_t n = L->rowlen;
-        /* Rows in batches: all sums first, then all square roots and
-         * divisions (independent, so they pipeline instead of each row
-         * waiting on its own sqrt -> divide chain), then the scaling
-         * while the batch is still in L1 (which sizes the batch). */
-        const int rb = wn_row_batch(n, sizeof(T), 1);
-        const int64_t nbatch = (L->nrows + rb - 1) / rb;
-#pragma omp for schedule(static)
-        for (int64_t bt = 0; bt < nbatch; bt++) {
+        const int rb = t->rb;
+        for (int64_t bt = u0; bt < u1; bt++) {
             const int64_t r0 = bt * rb;
             const int nb = L->nrows - r0 < rb ? (int)(L->nrows - r0) : rb;
             double tot[WN_ROWBATCH];
             CT scale[WN_ROWBATCH];
             for (int k = 0; k < nb; k++) {
-                wn_v8d acc[4] = {{0}};
+                double acc[WN_LANES] __attribute__((aligned(64)));
+                WN_ZERO(acc);
                 FN(vsumsq)(acc, v + (r0 + k) * sv, n);
-                tot[k] = wn_v8d_total(acc);
+                tot[k] = WN_TOTAL(acc);
             }
             for (int k = 0; k < nb; k++)
-                scale[k] = FN(fwd_row_scalars)(tot[k], eps, g[(r0 + k) * gs],
-                                               &norms[r0 + k]);
-            for (int k = 0; k < nb; k++)
-                FN(scale_run)(w + (r0 + k) * sw, 1, v + (r0 + k) * sv, 1, n,
-                              scale[k], nt);
+                scale[k] = FN(fwd_row)(c, r0 + k, tot[k], 1);
+            if (w)
+                for (int k = 0; k < nb; k++)
+                    FN(scale_run)(w + (r0 + k) * sw, 1, v + (r0 + k) * sv, 1, n,
+                                  scale[k], nt);
         }
-    } else if (!P->split) {
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < L->nrows; r++) {
-            int64_t ro[2];
-            wn_row_offsets(L, 2, r, ro);
-            wn_ksum k = {0.0, 0.0};
-            for (int64_t p = 0; p < G.npieces; p++)
-                wn_ksum_add(&k, FN(piece_sumsq)(L, &G, v, ro, p));
-            CT scale = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
-                                           g[r * gs], &norms[r]);
-            for (int64_t p = 0; p < G.npieces; p++)
-                FN(piece_scale)(L, &G, v, w, ro, p, scale, nt);
-        }
-    } else {
-        const int tid = wn_thread_num(), nteam = wn_num_threads();
-        const int64_t lo = G.npieces * tid / nteam,
-                      hi = G.npieces * (tid + 1) / nteam;
-        for (int64_t r = 0; r < L->nrows; r++) {
-            int64_t ro[2];
-            double *pr = part + r * G.npieces;
-            wn_row_offsets(L, 2, r, ro);
-            for (int64_t p = lo; p < hi; p++)
-                pr[p] = FN(piece_sumsq)(L, &G, v, ro, p);
-#pragma omp barrier
-            wn_ksum k = {0.0, 0.0};
-            for (int64_t p = 0; p < G.npieces; p++) wn_ksum_add(&k, pr[p]);
-            NT norm;
-            CT scale = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
-                                           g[r * gs], &norm);
-            if (tid == 0) norms[r] = norm;
-            for (int64_t p = hi - 1; p >= lo; p--)
-                FN(piece_scale)(L, &G, v, w, ro, p, scale, nt);
-        }
+        return;
     }
-    if (nt) wn_sfence();
+    for (int64_t r = u0; r < u1; r++) {
+        int64_t ro[2];
+        wn_row_offsets(L, 2, r, ro);
+        wn_ksum k = {0.0, 0.0};
+        for (int64_t p = 0; p < G->npieces; p++)
+            wn_ksum_add(&k, FN(piece_sumsq)(L, G, v, ro, p));
+        const CT scale = FN(fwd_row)(c, r, wn_ksum_value(&k), 1);
+        if (w)
+            for (int64_t p = 0; p < G->npieces; p++)
+                FN(piece_scale)(L, G, v, w, ro, p, scale, nt);
+    }
 }
 
-static void FN(fwd_rows)(const wn_layout *L, const T *v, const T *g,
-                         int64_t gs, T *w, NT *norms, double eps, int nth,
-                         int nt)
+/* Forward / row scale, few long rows: each row's pieces are split over the
+ * team (one barrier per row); the second pass walks the thread's pieces
+ * backwards so it starts on what it read last, still in cache. */
+static void FN(fwd_split)(const wn_task *t)
 {
-    const wn_rowplan P = wn_rowplan_make(L, nth, 2);
-    WN_TEAM(nth, FN(fwd_rows_team)(L, &P, v, g, gs, w, norms, eps, nt));
-    free(P.part);
+    const wn_call *c = t->c;
+    const wn_layout *L = c->layout;
+    const wn_rowgeom *G = &t->rg;
+    const T *v = (const T *)c->v;
+    T *w = (T *)c->w;
+    const int tid = wn_thread_num(), nteam = wn_num_threads();
+    const int64_t lo = G->npieces * tid / nteam, hi = G->npieces * (tid + 1) / nteam;
+    for (int64_t r = 0; r < L->nrows; r++) {
+        int64_t ro[2];
+        double *pr = t->part + r * G->npieces;
+        wn_row_offsets(L, 2, r, ro);
+        for (int64_t p = lo; p < hi; p++)
+            pr[p] = FN(piece_sumsq)(L, G, v, ro, p);
+#pragma omp barrier
+        wn_ksum k = {0.0, 0.0};
+        for (int64_t p = 0; p < G->npieces; p++) wn_ksum_add(&k, pr[p]);
+        const CT scale = FN(fwd_row)(c, r, wn_ksum_value(&k), tid == 0);
+        if (w)
+            for (int64_t p = hi - 1; p >= lo; p--)
+                FN(piece_scale)(L, G, v, w, ro, p, scale, t->nt);
+    }
 }
 
-/* One thread's share of a row-mode backward (all of it outside a team). */
-WN_INLINE void FN(bwd_rows_team)(const wn_layout *L, const wn_rowplan *P,
-                                 const T *v, const T *gw, const T *g, int64_t gs,
-                                 const NT *norms, int64_t ns, T *gv, T *grad_g,
-                                 int nt)
+/* Backward, units [u0, u1): batches of simple rows, or rows. */
+static void FN(bwd_rows)(const wn_task *t, int64_t u0, int64_t u1)
 {
-    const wn_rowgeom G = P->G;
-    double *part = P->part;
-    if (P->simple) {
+    const wn_call *c = t->c;
+    const wn_layout *L = c->layout;
+    const wn_rowgeom *G = &t->rg;
+    const T *v = (const T *)c->v, *gw = (const T *)c->grad_w;
+    T *gv = (T *)c->grad_v;
+    const int nt = t->nt;
+    if (t->mode == WN_MODE_SIMPLE) {
         const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
         const int64_t sgw = L->kept_ndim ? L->kept_stride[1][0] : 0;
         const int64_t sgv = L->kept_ndim ? L->kept_stride[2][0] : 0;
         const int64_t n = L->rowlen;
-        const int rb = wn_row_batch(n, sizeof(T), 2);
-        const int64_t nbatch = (L->nrows + rb - 1) / rb;
-#pragma omp for schedule(static)
-        for (int64_t bt = 0; bt < nbatch; bt++) {
+        const int rb = t->rb;
+        for (int64_t bt = u0; bt < u1; bt++) {
             const int64_t r0 = bt * rb;
             const int nb = L->nrows - r0 < rb ? (int)(L->nrows - r0) : rb;
             double tot[WN_ROWBATCH];
             BT a[WN_ROWBATCH], b[WN_ROWBATCH];
             for (int k = 0; k < nb; k++) {
-                wn_v8d acc[4] = {{0}};
+                double acc[WN_LANES] __attribute__((aligned(64)));
+                WN_ZERO(acc);
                 FN(vdot)(acc, v + (r0 + k) * sv, gw + (r0 + k) * sgw, n);
-                tot[k] = wn_v8d_total(acc);
+                tot[k] = WN_TOTAL(acc);
             }
             for (int k = 0; k < nb; k++)
-                FN(bwd_row_scalars)(tot[k], norms[(r0 + k) * ns], g[(r0 + k) * gs],
-                                    &grad_g[r0 + k], &a[k], &b[k]);
+                FN(bwd_row)(c, r0 + k, tot[k], 1, &a[k], &b[k]);
             for (int k = 0; k < nb; k++)
                 FN(bwd_run)(gv + (r0 + k) * sgv, 1, gw + (r0 + k) * sgw, 1,
                             v + (r0 + k) * sv, 1, n, a[k], b[k], nt);
         }
-    } else if (!P->split) {
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < L->nrows; r++) {
-            int64_t ro[3];
-            wn_row_offsets(L, 3, r, ro);
-            wn_ksum k = {0.0, 0.0};
-            for (int64_t p = 0; p < G.npieces; p++)
-                wn_ksum_add(&k, FN(piece_dot)(L, &G, v, gw, ro, p));
-            BT a, b;
-            FN(bwd_row_scalars)(wn_ksum_value(&k), norms[r * ns],
-                                g[r * gs], &grad_g[r], &a, &b);
-            for (int64_t p = 0; p < G.npieces; p++)
-                FN(piece_bwd)(L, &G, v, gw, gv, ro, p, a, b, nt);
-        }
-    } else {
-        const int tid = wn_thread_num(), nteam = wn_num_threads();
-        const int64_t lo = G.npieces * tid / nteam,
-                      hi = G.npieces * (tid + 1) / nteam;
-        for (int64_t r = 0; r < L->nrows; r++) {
-            int64_t ro[3];
-            double *pr = part + r * G.npieces;
-            wn_row_offsets(L, 3, r, ro);
-            for (int64_t p = lo; p < hi; p++)
-                pr[p] = FN(piece_dot)(L, &G, v, gw, ro, p);
-#pragma omp barrier
-            wn_ksum k = {0.0, 0.0};
-            for (int64_t p = 0; p < G.npieces; p++) wn_ksum_add(&k, pr[p]);
-            BT a, b;
-            T ggr;
-            FN(bwd_row_scalars)(wn_ksum_value(&k), norms[r * ns],
-                                g[r * gs], &ggr, &a, &b);
-            if (tid == 0) grad_g[r] = ggr;
-            for (int64_t p = hi - 1; p >= lo; p--)
-                FN(piece_bwd)(L, &G, v, gw, gv, ro, p, a, b, nt);
-        }
+        return;
     }
-    if (nt) wn_sfence();
+    for (int64_t r = u0; r < u1; r++) {
+        int64_t ro[3];
+        wn_row_offsets(L, 3, r, ro);
+        wn_ksum k = {0.0, 0.0};
+        for (int64_t p = 0; p < G->npieces; p++)
+            wn_ksum_add(&k, FN(piece_dot)(L, G, v, gw, ro, p));
+        BT a, b;
+        FN(bwd_row)(c, r, wn_ksum_value(&k), 1, &a, &b);
+        for (int64_t p = 0; p < G->npieces; p++)
+            FN(piece_bwd)(L, G, v, gw, gv, ro, p, a, b, nt);
+    }
 }
 
-static void FN(bwd_rows)(const wn_layout *L, const T *v, const T *gw,
-                         const T *g, int64_t gs, const NT *norms, int64_t ns,
-                         T *gv, T *grad_g, int nth, int nt)
+/* Backward, few long rows (as fwd_split). */
+static void FN(bwd_split)(const wn_task *t)
 {
-    const wn_rowplan P = wn_rowplan_make(L, nth, 3);
-    WN_TEAM(nth, FN(bwd_rows_team)(L, &P, v, gw, g, gs, norms, ns, gv, grad_g,
-                                   nt));
-    free(P.part);
+    const wn_call *c = t->c;
+    const wn_layout *L = c->layout;
+    const wn_rowgeom *G = &t->rg;
+    const T *v = (const T *)c->v, *gw = (const T *)c->grad_w;
+    T *gv = (T *)c->grad_v;
+    const int tid = wn_thread_num(), nteam = wn_num_threads();
+    const int64_t lo = G->npieces * tid / nteam, hi = G->npieces * (tid + 1) / nteam;
+    for (int64_t r = 0; r < L->nrows; r++) {
+        int64_t ro[3];
+        double *pr = t->part + r * G->npieces;
+        wn_row_offsets(L, 3, r, ro);
+        for (int64_t p = lo; p < hi; p++)
+            pr[p] = FN(piece_dot)(L, G, v, gw, ro, p);
+#pragma omp barrier
+        wn_ksum k = {0.0, 0.0};
+        for (int64_t p = 0; p < G->npieces; p++) wn_ksum_add(&k, pr[p]);
+        BT a, b;
+        FN(bwd_row)(c, r, wn_ksum_value(&k), tid == 0, &a, &b);
+        for (int64_t p = hi - 1; p >= lo; p--)
+            FN(piece_bwd)(L, G, v, gw, gv, ro, p, a, b, t->nt);
+    }
 }
 
 /* ---- column mode ------------------------------------------------------- */
@@ -656,135 +640,102 @@ static void FN(col_apply)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
     }
 }
 
-/* One thread's share of a column-mode call (all of it outside a team). */
-WN_INLINE void FN(cols_team)(const wn_layout *L, const wn_colgeom *Gp,
-                             int64_t units, double *scratch, double *part,
-                             void *scal, const T *v, const T *gw, const T *g,
-                             int64_t gs, double eps, T *w, void *norms_out,
-                             const NT *norms_in, int64_t ns, T *gv, T *grad_g,
-                             int nt)
+/* First and last+1 column of column-mode unit u (a block of one outer index). */
+WN_INLINE int64_t FN(col_unit)(const wn_colgeom *G, int64_t u, int64_t *nc)
 {
-    const wn_colgeom G = *Gp;
-    const int bwd = gw != NULL;
-    double small[WN_COLSCR * WN_COLBLK_MIN];
-    double *scr = scratch ? scratch + (size_t)wn_thread_num() * WN_COLSCR * WN_COLBLK
-                          : small;
-    double *tot = scr + 5 * G.cb;
-    if (!part) {
-        CT *scale = (CT *)(scr + 6 * G.cb);
-        BT *ca = (BT *)(scr + 7 * G.cb), *cb = (BT *)(scr + 8 * G.cb);
-#pragma omp for schedule(static)
-        for (int64_t u = 0; u < units; u++) {
-            const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
-            const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
-            FN(col_total)(L, &G, r0, nc, 0, G.nsc, v, gw, scr, tot);
-            for (int64_t c = 0; c < nc; c++) {
-                const int64_t r = r0 + c;
-                if (bwd)
-                    FN(bwd_row_scalars)(tot[c], norms_in[r * ns], g[r * gs],
-                                        &grad_g[r], &ca[c], &cb[c]);
-                else
-                    scale[c] = FN(fwd_row_scalars)(tot[c], eps, g[r * gs],
-                                                   (NT *)norms_out + r);
-            }
-            FN(col_apply)(L, &G, r0, nc, 0, G.nsc, v, w, scale, gw, gv, ca, cb, nt);
+    const int64_t r0 = (u / G->nblk) * G->m + (u % G->nblk) * G->cb;
+    *nc = G->m - r0 % G->m < G->cb ? G->m - r0 % G->m : G->cb;
+    return r0;
+}
+
+/* Column units [u0, u1): each a whole column block, both passes while the
+ * block is in cache.  `scr`: this thread's WN_COLSCR * cb doubles. */
+static void FN(cols_units)(const wn_task *t, int64_t u0, int64_t u1, double *scr)
+{
+    const wn_call *c = t->c;
+    const wn_layout *L = c->layout;
+    const wn_colgeom *G = &t->cg;
+    const int bwd = c->op == WN_BACKWARD;
+    const T *v = (const T *)c->v, *gw = bwd ? (const T *)c->grad_w : NULL;
+    double *tot = scr + 5 * G->cb;
+    CT *scale = (CT *)(scr + 6 * G->cb);
+    BT *ca = (BT *)(scr + 7 * G->cb), *cb = (BT *)(scr + 8 * G->cb);
+    for (int64_t u = u0; u < u1; u++) {
+        int64_t nc;
+        const int64_t r0 = FN(col_unit)(G, u, &nc);
+        FN(col_total)(L, G, r0, nc, 0, G->nsc, v, gw, scr, tot);
+        for (int64_t k = 0; k < nc; k++) {
+            if (bwd) FN(bwd_row)(c, r0 + k, tot[k], 1, &ca[k], &cb[k]);
+            else scale[k] = FN(fwd_row)(c, r0 + k, tot[k], 1);
         }
-    } else {
-        /* Each thread's share of the items, walked forwards in pass 1
-         * and backwards in pass 3: its last reads are its first
-         * re-reads, while they are still in cache. */
-        const int64_t nitems = units * G.nsc;
-        const int tid = wn_thread_num(), nteam = wn_num_threads();
-        const int64_t lo = nitems * tid / nteam, hi = nitems * (tid + 1) / nteam;
-        for (int64_t i = lo; i < hi; i++) {
-            const int64_t u = i / G.nsc, s = i % G.nsc;
-            const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
-            const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
-            FN(col_total)(L, &G, r0, nc, s, s + 1, v, gw, scr, tot);
-            for (int64_t c = 0; c < nc; c++) part[s * L->nrows + r0 + c] = tot[c];
-        }
+        if (bwd || c->w)
+            FN(col_apply)(L, G, r0, nc, 0, G->nsc, v, (T *)c->w, scale, gw,
+                          (T *)c->grad_v, ca, cb, t->nt);
+    }
+}
+
+/* Column mode with long reductions, the whole team: (1) all threads sum
+ * superchunks of the blocks into `part`, (2) per-column totals and scalars,
+ * (3) the second pass, walked backwards so its first reads hit what (1)
+ * left in cache.  Computes the same per-superchunk values as cols_units and
+ * combines them in the same order. */
+static void FN(cols_split)(const wn_task *t, double *scr)
+{
+    const wn_call *c = t->c;
+    const wn_layout *L = c->layout;
+    const wn_colgeom *G = &t->cg;
+    const int bwd = c->op == WN_BACKWARD;
+    const T *v = (const T *)c->v, *gw = bwd ? (const T *)c->grad_w : NULL;
+    double *part = t->part, *tot = scr + 5 * G->cb;
+    const int64_t nitems = G->nouter * G->nblk * G->nsc;
+    const int tid = wn_thread_num(), nteam = wn_num_threads();
+    const int64_t lo = nitems * tid / nteam, hi = nitems * (tid + 1) / nteam;
+    for (int64_t i = lo; i < hi; i++) {
+        int64_t nc;
+        const int64_t s = i % G->nsc, r0 = FN(col_unit)(G, i / G->nsc, &nc);
+        FN(col_total)(L, G, r0, nc, s, s + 1, v, gw, scr, tot);
+        for (int64_t k = 0; k < nc; k++) part[s * L->nrows + r0 + k] = tot[k];
+    }
 #pragma omp barrier
-        CT *scale = (CT *)scal;
-        BT *ca = (BT *)scal, *cb = (BT *)scal + L->nrows;
+    CT *scale = (CT *)t->scal;
+    BT *ca = (BT *)t->scal, *cb = (BT *)t->scal + L->nrows;
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < L->nrows; r++) {
-            wn_ksum k = {0.0, 0.0};
-            for (int64_t s = 0; s < G.nsc; s++) wn_ksum_add(&k, part[s * L->nrows + r]);
-            if (bwd)
-                FN(bwd_row_scalars)(wn_ksum_value(&k), norms_in[r * ns],
-                                    g[r * gs], &grad_g[r], &ca[r], &cb[r]);
-            else
-                scale[r] = FN(fwd_row_scalars)(wn_ksum_value(&k), eps,
-                                               g[r * gs], (NT *)norms_out + r);
-        }
-        for (int64_t i = hi - 1; i >= lo; i--) {
-            const int64_t u = i / G.nsc, s = i % G.nsc;
-            const int64_t r0 = (u / G.nblk) * G.m + (u % G.nblk) * G.cb;
-            const int64_t nc = G.m - r0 % G.m < G.cb ? G.m - r0 % G.m : G.cb;
-            FN(col_apply)(L, &G, r0, nc, s, s + 1, v, w, scale + r0, gw, gv,
-                          ca + r0, cb + r0, nt);
-        }
+    for (int64_t r = 0; r < L->nrows; r++) {
+        wn_ksum k = {0.0, 0.0};
+        for (int64_t s = 0; s < G->nsc; s++) wn_ksum_add(&k, part[s * L->nrows + r]);
+        if (bwd) FN(bwd_row)(c, r, wn_ksum_value(&k), 1, &ca[r], &cb[r]);
+        else scale[r] = FN(fwd_row)(c, r, wn_ksum_value(&k), 1);
     }
-    if (nt) wn_sfence();
-}
-
-/* Column strategy.  Few superchunks (short reduced extent): each thread
- * takes whole column blocks and runs both passes while the block is in L2.
- * Many superchunks with several threads: (1) all threads sum superchunks of
- * the blocks into `part`, (2) per-column totals and scalars, (3) the second
- * pass, walked backwards so its first reads hit what (1) left in cache.
- * Both routes compute the same per-superchunk values and combine them in
- * the same order. */
-static void FN(cols)(const wn_layout *L, const T *v, const T *gw, const T *g,
-                     int64_t gs, double eps, T *w, void *norms_out,
-                     const NT *norms_in, int64_t ns, T *gv, T *grad_g, int nth,
-                     int nt)
-{
-    const int bwd = gw != NULL;
-    /* Per-thread scratch on the heap (column blocks are wide: a few hundred
-     * KiB would be unkind to small thread stacks); if that allocation
-     * fails, narrow blocks on the stack.  Block width never changes bits. */
-    double *scratch = malloc(sizeof(double) * WN_COLSCR * WN_COLBLK * nth);
-    const wn_colgeom G = wn_colgeom_make(L, sizeof(T), bwd ? 2 : 1, wn_col_budget,
-                                         scratch ? WN_COLBLK : WN_COLBLK_MIN);
-    const int64_t units = G.nouter * G.nblk;
-    double *part = NULL;
-    void *scal = NULL;
-    if (G.nsc > 1 && nth > 1) {
-        part = malloc(sizeof(double) * G.nsc * L->nrows);
-        scal = malloc((bwd ? 2 * sizeof(BT) : sizeof(CT)) * L->nrows);
-        if (!part || !scal) { free(part); free(scal); part = NULL; scal = NULL; }
+    /* (the worksharing loop's implicit barrier: every scalar is out) */
+    if (!bwd && !c->w) return;
+    for (int64_t i = hi - 1; i >= lo; i--) {
+        int64_t nc;
+        const int64_t s = i % G->nsc, r0 = FN(col_unit)(G, i / G->nsc, &nc);
+        FN(col_apply)(L, G, r0, nc, s, s + 1, v, (T *)c->w, scale + r0, gw,
+                      (T *)c->grad_v, ca + r0, cb + r0, t->nt);
     }
-
-    WN_TEAM(nth, FN(cols_team)(L, &G, units, scratch, part, scal, v, gw, g, gs,
-                               eps, w, norms_out, norms_in, ns, gv, grad_g, nt));
-    free(part);
-    free(scal);
-    free(scratch);
 }
 
-/* ---- entry points for this (ISA, dtype) -------------------------------- */
+/* ---- entry points for this (ISA, dtype): a task's units, or its team work */
 
-static void FN(forward)(const wn_layout *L, const void *v, const void *g,
-                        int64_t gs, void *w, void *norms, double eps, int nth,
-                        int nt)
+static void FN(units)(const wn_task *t, int64_t u0, int64_t u1, double *scr)
 {
-    if (wn_use_columns(L))
-        FN(cols)(L, (const T *)v, NULL, (const T *)g, gs, eps, (T *)w, norms,
-                 NULL, 0, NULL, NULL, nth, nt);
+    if (t->mode == WN_MODE_COLS)
+        FN(cols_units)(t, u0, u1, scr);
+    else if (t->c->op == WN_BACKWARD)
+        FN(bwd_rows)(t, u0, u1);
     else
-        FN(fwd_rows)(L, (const T *)v, (const T *)g, gs, (T *)w, (NT *)norms,
-                     eps, nth, nt);
+        FN(fwd_rows)(t, u0, u1);
+    if (t->nt) wn_sfence();
 }
 
-static void FN(backward)(const wn_layout *L, const void *gw, const void *v,
-                         const void *g, int64_t gs, const void *norms,
-                         int64_t ns, void *gv, void *grad_g, int nth, int nt)
+static void FN(team)(const wn_task *t, double *scr)
 {
-    if (wn_use_columns(L))
-        FN(cols)(L, (const T *)v, (const T *)gw, (const T *)g, gs, 0.0, NULL,
-                 NULL, (const NT *)norms, ns, (T *)gv, (T *)grad_g, nth, nt);
+    if (t->mode == WN_MODE_COLS_SPLIT)
+        FN(cols_split)(t, scr);
+    else if (t->c->op == WN_BACKWARD)
+        FN(bwd_split)(t);
     else
-        FN(bwd_rows)(L, (const T *)v, (const T *)gw, (const T *)g, gs,
-                     (const NT *)norms, ns, (T *)gv, (T *)grad_g, nth, nt);
+        FN(fwd_split)(t);
+    if (t->nt) wn_sfence();
 }

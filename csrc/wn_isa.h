@@ -3,11 +3,185 @@
  * a `#pragma GCC target(...)` with ISA set to the variant's name, so the same
  * C source is compiled for AVX-512, AVX2 and baseline x86-64 (or once, on
  * other architectures) and dispatched at run time.
+ *
+ * Everything ISA-specific lives here: the native vector width, exact loads
+ * and rounding stores of each element type, the 32-lane tree, streaming
+ * stores.  The arithmetic is the same in every variant (no FMA contraction,
+ * the same lanes and order), so all of them return the same bits.
  */
 #include "wn_common.h"
 
 #define WN_CAT_(a, b, c) a##_##b##_##c
 #define WN_CAT(a, b, c) WN_CAT_(a, b, c)
+
+/* ---- native vectors ---------------------------------------------------- */
+
+#if defined(__AVX512F__)
+#define WN_VB 64
+#elif defined(__AVX__)
+#define WN_VB 32
+#else
+#define WN_VB 16
+#endif
+#define WN_VFL (WN_VB / 4)                 /* float lanes of a VF  */
+#define WN_VDL (WN_VB / 8)                 /* double lanes of a VD */
+#define WN_NVF (WN_LANES / WN_VFL)         /* VFs holding 32 lanes */
+#define WN_NVD (WN_LANES / WN_VDL)         /* VDs holding 32 lanes */
+#define VF WN_CAT(wn, vf, ISA)
+#define VD WN_CAT(wn, vd, ISA)
+typedef float VF __attribute__((vector_size(WN_VB), aligned(4)));
+typedef double VD __attribute__((vector_size(WN_VB), aligned(8)));
+
+/* Unaligned loads and stores through intrinsics: GCC expands a memcpy into a
+ * vector through the stack (and generic tuning splits 256-bit accesses). */
+#if WN_VB == 64
+#define WN_LD_F32(p) ((VF)_mm512_loadu_ps(p))
+#define WN_ST_F32(p, x) _mm512_storeu_ps((p), (__m512)(x))
+#define WN_LD_F64(p) ((VD)_mm512_loadu_pd(p))
+#define WN_ST_F64(p, x) _mm512_storeu_pd((p), (__m512d)(x))
+#elif WN_VB == 32
+#define WN_LD_F32(p) ((VF)_mm256_loadu_ps(p))
+#define WN_ST_F32(p, x) _mm256_storeu_ps((p), (__m256)(x))
+#define WN_LD_F64(p) ((VD)_mm256_loadu_pd(p))
+#define WN_ST_F64(p, x) _mm256_storeu_pd((p), (__m256d)(x))
+#elif defined(__SSE2__)
+#define WN_LD_F32(p) ((VF)_mm_loadu_ps(p))
+#define WN_ST_F32(p, x) _mm_storeu_ps((p), (__m128)(x))
+#define WN_LD_F64(p) ((VD)_mm_loadu_pd(p))
+#define WN_ST_F64(p, x) _mm_storeu_pd((p), (__m128d)(x))
+#else
+#define WN_LD_F32(p) ({ VF v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define WN_ST_F32(p, x) do { VF v_ = (x); memcpy((p), &v_, sizeof v_); } while (0)
+#define WN_LD_F64(p) ({ VD v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define WN_ST_F64(p, x) do { VD v_ = (x); memcpy((p), &v_, sizeof v_); } while (0)
+#endif
+
+/* 16-bit types: WN_VFL values at p, exactly, as a VF (bfloat16 is the high
+ * half of a float32; float16 through F16C where the variant has it), and a
+ * VF rounded to nearest even into WN_VFL values at p, exactly as wn_f2h /
+ * wn_f2bf round (NaN stays a quiet NaN). */
+#if WN_VB == 64
+#define WN_LD_BF16(p) ((VF)_mm512_castsi512_ps(_mm512_slli_epi32( \
+    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16)))
+#define WN_LD_F16(p) ((VF)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p))))
+#define WN_ST_F16(p, x) _mm256_storeu_si256((__m256i *)(p), \
+    _mm512_cvtps_ph((__m512)(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+/* The rounding packed in a register: the compiler's memory-destination
+ * vpmovdw is slow on some cores (Zen 4). */
+WN_INLINE void WN_CAT(wn, st_bf16, ISA)(uint16_t *p, VF x)
+{
+    const __m512i u = _mm512_castps_si512((__m512)x);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u,
+                    _mm512_set1_epi32(0x7fff)), odd), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask((__m512)x, (__m512)x, _CMP_UNORD_Q);
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    const __m512i even = _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40,
+        38, 36, 34, 32, 30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    _mm256_storeu_si256((__m256i *)p,
+                        _mm512_castsi512_si256(_mm512_permutexvar_epi16(even, r)));
+}
+#elif WN_VB == 32
+#define WN_LD_BF16(p) ((VF)_mm256_castsi256_ps(_mm256_slli_epi32( \
+    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16)))
+#define WN_LD_F16(p) ((VF)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p))))
+#define WN_ST_F16(p, x) _mm_storeu_si128((__m128i *)(p), \
+    _mm256_cvtps_ph((__m256)(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+WN_INLINE void WN_CAT(wn, st_bf16, ISA)(uint16_t *p, VF x)
+{
+    const __m256i u = _mm256_castps_si256((__m256)x);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u,
+                    _mm256_set1_epi32(0x7fff)), odd), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps((__m256)x, (__m256)x, _CMP_UNORD_Q));
+    const __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    r = _mm256_blendv_epi8(r, q, nan);
+    /* every value fits 16 bits unsigned: the saturating pack is exact */
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(r),
+                                                    _mm256_extracti128_si256(r, 1)));
+}
+#elif defined(__SSE2__)
+#define WN_LD_BF16(p) ((VF)_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), \
+    _mm_loadl_epi64((const __m128i *)(p)))))
+#define WN_LD_F16(p) ((VF){wn_h2f((p)[0]), wn_h2f((p)[1]), wn_h2f((p)[2]), wn_h2f((p)[3])})
+#define WN_ST_F16(p, x) do { const VF x_ = (x); \
+    for (int l_ = 0; l_ < 4; l_++) (p)[l_] = wn_f2h(x_[l_]); } while (0)
+WN_INLINE void WN_CAT(wn, st_bf16, ISA)(uint16_t *p, VF x)
+{
+    const __m128i u = _mm_castps_si128((__m128)x);
+    const __m128i odd = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
+    __m128i r = _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(u, _mm_set1_epi32(0x7fff)), odd), 16);
+    const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps((__m128)x, (__m128)x));
+    const __m128i q = _mm_or_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(0x40));
+    r = _mm_or_si128(_mm_and_si128(nan, q), _mm_andnot_si128(nan, r));
+    /* SSE2 packs with signed saturation: sign-extend the 16-bit patterns first */
+    r = _mm_srai_epi32(_mm_slli_epi32(r, 16), 16);
+    _mm_storel_epi64((__m128i *)p, _mm_packs_epi32(r, r));
+}
+#else
+#define WN_LD_BF16(p) ((VF){wn_bf2f((p)[0]), wn_bf2f((p)[1]), wn_bf2f((p)[2]), wn_bf2f((p)[3])})
+#define WN_LD_F16(p) ((VF){wn_h2f((p)[0]), wn_h2f((p)[1]), wn_h2f((p)[2]), wn_h2f((p)[3])})
+#define WN_ST_F16(p, x) do { const VF x_ = (x); \
+    for (int l_ = 0; l_ < 4; l_++) (p)[l_] = wn_f2h(x_[l_]); } while (0)
+WN_INLINE void WN_CAT(wn, st_bf16, ISA)(uint16_t *p, VF x)
+{
+    for (int l = 0; l < 4; l++) p[l] = wn_f2bf(x[l]);
+}
+#endif
+#define WN_ST_BF16(p, x) WN_CAT(wn, st_bf16, ISA)((p), (x))
+
+/* ---- the 32 lanes (see wn_impl.h) -------------------------------------- */
+
+/* acc[0 .. WN_VFL) += the float32 values of p, widened exactly. */
+WN_INLINE void WN_CAT(wn, flush, ISA)(double *acc, VF p)
+{
+#if WN_VB == 64
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256((__m512)p));
+    const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps((__m512)p, 1));
+#elif WN_VB == 32
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128((__m256)p));
+    const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps((__m256)p, 1));
+#elif defined(__SSE2__)
+    const __m128d lo = _mm_cvtps_pd((__m128)p);
+    const __m128d hi = _mm_cvtps_pd(_mm_movehl_ps((__m128)p, (__m128)p));
+#endif
+#if defined(__SSE2__) || WN_VB > 16
+    WN_ST_F64(acc, WN_LD_F64(acc) + (VD)lo);
+    WN_ST_F64(acc + WN_VDL, WN_LD_F64(acc + WN_VDL) + (VD)hi);
+#else
+    for (int l = 0; l < WN_VFL; l++) acc[l] += (double)p[l];
+#endif
+}
+#define WN_FLUSH1 WN_CAT(wn, flush, ISA)
+
+/* The lanes' fixed pairwise tree (at each level lane j += lane j + w, for
+ * w = 16, 8, ..., 1), on this ISA's registers. */
+WN_INLINE double WN_CAT(wn, total, ISA)(const double *acc)
+{
+    VD a[WN_NVD];
+    WN_UNROLL
+    for (int q = 0; q < WN_NVD; q++) a[q] = WN_LD_F64(acc + q * WN_VDL);
+    WN_UNROLL
+    for (int m = WN_NVD / 2; m >= 1; m /= 2)
+        WN_UNROLL
+        for (int q = 0; q < m; q++) a[q] += a[q + m];
+    double l[WN_VDL];
+    memcpy(l, &a[0], sizeof l);
+    WN_UNROLL
+    for (int w = WN_VDL / 2; w >= 1; w /= 2)
+        WN_UNROLL
+        for (int j = 0; j < w; j++) l[j] += l[j + w];
+    return l[0];
+}
+#define WN_TOTAL WN_CAT(wn, total, ISA)
+
+WN_INLINE void WN_CAT(wn, zero, ISA)(double *acc)
+{
+    const VD z = {0};
+    WN_UNROLL
+    for (int q = 0; q < WN_NVD; q++) WN_ST_F64(acc + q * WN_VDL, z);
+}
+#define WN_ZERO WN_CAT(wn, zero, ISA)
 
 /* Streaming (non-temporal) copy of a 64-byte-aligned L1 buffer to a
  * 64-byte-aligned destination; nbytes is a multiple of 64. */
@@ -31,25 +205,10 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 }
 #define STREAM(d, s, n) WN_CAT(wn, stream, ISA)((d), (s), (n))
 
-/* Generic 16-element conversions (auto-vectorized); float16 overrides them
- * with F16C instructions where the variant has them. */
-#define VLOAD16(f, p) do { for (int j_ = 0; j_ < 16; j_++) (f)[j_] = LDF((p)[j_]); } while (0)
-#define VSTORE16(p, f) do { for (int j_ = 0; j_ < 16; j_++) (p)[j_] = STF((f)[j_]); } while (0)
-/* CT is float for every type but float64.  AVX-512 widens 8 floats in one
- * instruction; GCC's generic lowering of the conversion takes three. */
-#if defined(__AVX512F__)
-#define TOV8D_F32(f) ((wn_v8d)_mm512_cvtps_pd(_mm256_loadu_ps(f)))
-#else
-#define TOV8D_F32(f) wn_v8d_from_f32(f)
-#endif
-#define TOV8D(f) TOV8D_F32(f)
+/* ---- the dtypes: one block each (see the list in wn_impl.h) ------------- */
 
-/* float32: float32 lanes flushed every 4 steps (relative error of a
- * partial <= 5 * 2^-24); float64: float64 lanes; 16-bit types: products
- * are exact in float32, flushed every 16 steps (<= 16 * 2^-24). */
-#define WN_FLUSH 4
-
-/* float32 */
+/* float32: float32 lane partials flushed every 4 steps (relative error of a
+ * partial <= 5 * 2^-24); computed in float32. */
 #define FN(name) WN_CAT(name, f32, ISA)
 #define T float
 #define NT float
@@ -60,6 +219,13 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define STF(y) (y)
 #define LDB(x) (x)
 #define STB(y) ((float)(y))
+#define WN_FLUSH 4
+#define LOADVF(p) WN_LD_F32(p)
+#define CV VF
+#define CVL WN_VFL
+#define LOADCV(p) WN_LD_F32(p)
+#define STORECV(p, x) WN_ST_F32(p, x)
+#define LOADC(p) WN_LD_F32(p)
 #include "wn_impl.h"
 #undef FN
 #undef T
@@ -71,12 +237,15 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef STF
 #undef LDB
 #undef STB
-
-/* float64 */
 #undef WN_FLUSH
-#define WN_FLUSH 0
-#undef TOV8D
-#define TOV8D(f) wn_v8d_from_f64(f)
+#undef LOADVF
+#undef CV
+#undef CVL
+#undef LOADCV
+#undef STORECV
+#undef LOADC
+
+/* float64: float64 lanes; computed in float64. */
 #define FN(name) WN_CAT(name, f64, ISA)
 #define T double
 #define NT double
@@ -87,6 +256,13 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define STF(y) (y)
 #define LDB(x) (x)
 #define STB(y) (y)
+#define WN_FLUSH 0
+#define LOADVD(p) WN_LD_F64(p)
+#define CV VD
+#define CVL WN_VDL
+#define LOADCV(p) WN_LD_F64(p)
+#define STORECV(p, x) WN_ST_F64(p, x)
+#define LOADC(p) WN_LD_F64(p)
 #include "wn_impl.h"
 #undef FN
 #undef T
@@ -98,14 +274,17 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef STF
 #undef LDB
 #undef STB
-
-#undef TOV8D
-#define TOV8D(f) TOV8D_F32(f)
-
 #undef WN_FLUSH
-#define WN_FLUSH 16
+#undef LOADVD
+#undef CV
+#undef CVL
+#undef LOADCV
+#undef STORECV
+#undef LOADC
 
-/* float16 (IEEE binary16 bit patterns), computed in float32 */
+/* float16 (IEEE binary16 bit patterns), computed in float32; products of two
+ * 16-bit values are exact in float32: partials flushed every 16 steps
+ * (<= 16 * 2^-24). */
 #define FN(name) WN_CAT(name, f16, ISA)
 #define T uint16_t
 #define NT float
@@ -116,63 +295,37 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define STF(y) wn_f2h(y)
 #define LDB(x) wn_h2f(x)
 #define STB(y) wn_f2h(y)
-#if defined(__AVX512F__)
-#undef VLOAD16
-#undef VSTORE16
-#define VLOAD16(f, p) _mm512_storeu_ps((f), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p))))
-#define VSTORE16(p, f) _mm256_storeu_si256((__m256i *)(p), \
-    _mm512_cvtps_ph(_mm512_loadu_ps(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
-#elif defined(__F16C__)
-#undef VLOAD16
-#undef VSTORE16
-#define VLOAD16(f, p) do { \
-    _mm256_storeu_ps((f), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))); \
-    _mm256_storeu_ps((f) + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p) + 1))); \
-} while (0)
-#define VSTORE16(p, f) do { \
-    _mm_storeu_si128((__m128i *)(p), _mm256_cvtps_ph(_mm256_loadu_ps(f), \
-                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); \
-    _mm_storeu_si128((__m128i *)(p) + 1, _mm256_cvtps_ph(_mm256_loadu_ps((f) + 8), \
-                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); \
-} while (0)
-#endif
+#define WN_FLUSH 16
+#define LOADVF(p) WN_LD_F16(p)
+#define CV VF
+#define CVL WN_VFL
+#define LOADCV(p) WN_LD_F16(p)
+#define STORECV(p, x) WN_ST_F16(p, x)
+#define LOADC(p) WN_LD_F32(p)
 #include "wn_impl.h"
-#undef VLOAD16
-#undef VSTORE16
-#define VLOAD16(f, p) do { for (int j_ = 0; j_ < 16; j_++) (f)[j_] = LDF((p)[j_]); } while (0)
-#define VSTORE16(p, f) do { for (int j_ = 0; j_ < 16; j_++) (p)[j_] = STF((f)[j_]); } while (0)
 #undef FN
+#undef T
 #undef LDD
 #undef LDF
 #undef STF
 #undef LDB
 #undef STB
+#undef LOADVF
+#undef LOADCV
+#undef STORECV
 
-/* bfloat16 (bit patterns), computed in float32; T, NT, CT, BT as float16 */
+/* bfloat16 (bit patterns), computed in float32; NT, CT, BT, WN_FLUSH, CV,
+ * CVL and LOADC as float16. */
 #define FN(name) WN_CAT(name, bf16, ISA)
-#if defined(__AVX512BW__)
-/* Same rounding as wn_f2bf, packed in a register: the compiler's
- * memory-destination vpmovdw is slow on some cores (Zen 4). */
-#undef VSTORE16
-#define VSTORE16(p, f) do { \
-    const __m512i u_ = _mm512_castps_si512(_mm512_loadu_ps(f)); \
-    const __m512i odd_ = _mm512_and_si512(_mm512_srli_epi32(u_, 16), _mm512_set1_epi32(1)); \
-    __m512i r_ = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u_, \
-                     _mm512_set1_epi32(0x7fff)), odd_), 16); \
-    const __mmask16 nan_ = _mm512_cmp_ps_mask(_mm512_castsi512_ps(u_), \
-                               _mm512_castsi512_ps(u_), _CMP_UNORD_Q); \
-    r_ = _mm512_mask_or_epi32(r_, nan_, _mm512_srli_epi32(u_, 16), _mm512_set1_epi32(0x40)); \
-    const __m512i even_ = _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, \
-        38, 36, 34, 32, 30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0); \
-    _mm256_storeu_si256((__m256i *)(p), \
-        _mm512_castsi512_si256(_mm512_permutexvar_epi16(even_, r_))); \
-} while (0)
-#endif
+#define T uint16_t
 #define LDD(x) ((double)wn_bf2f(x))
 #define LDF(x) wn_bf2f(x)
 #define STF(y) wn_f2bf(y)
 #define LDB(x) wn_bf2f(x)
 #define STB(y) wn_f2bf(y)
+#define LOADVF(p) WN_LD_BF16(p)
+#define LOADCV(p) WN_LD_BF16(p)
+#define STORECV(p, x) WN_ST_BF16(p, x)
 #include "wn_impl.h"
 #undef FN
 #undef T
@@ -184,10 +337,30 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef STF
 #undef LDB
 #undef STB
+#undef WN_FLUSH
+#undef LOADVF
+#undef CV
+#undef CVL
+#undef LOADCV
+#undef STORECV
+#undef LOADC
 
 #undef STREAM
-#undef WN_FLUSH
-#undef TOV8D
-#undef TOV8D_F32
-#undef VLOAD16
-#undef VSTORE16
+#undef WN_FLUSH1
+#undef WN_TOTAL
+#undef WN_ZERO
+#undef WN_LD_F32
+#undef WN_ST_F32
+#undef WN_LD_F64
+#undef WN_ST_F64
+#undef WN_LD_F16
+#undef WN_ST_F16
+#undef WN_LD_BF16
+#undef WN_ST_BF16
+#undef VF
+#undef VD
+#undef WN_VB
+#undef WN_VFL
+#undef WN_VDL
+#undef WN_NVF
+#undef WN_NVD

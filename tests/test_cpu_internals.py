@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import wnkernels
-from wnkernels import _cpu
+import zoo
+from wnkernels import _dispatch
+from wnkernels.cpu import _kernels as _cpu
 
 # Shapes that reach every strategy: many rows, few long rows (rows split
 # across threads), short segments, column mode with one and many
@@ -72,7 +74,7 @@ def test_isa_variants_agree_bitwise():
 
 def test_forced_isa_is_reported():
     out = subprocess.run(
-        [sys.executable, "-c", "from wnkernels import _cpu; print(_cpu.isa())"],
+        [sys.executable, "-c", "from wnkernels.cpu import _kernels as _cpu; print(_cpu.isa())"],
         env=dict(os.environ, WNKERNELS_ISA="baseline"), capture_output=True,
         text=True, check=True)
     assert out.stdout.strip() == "baseline"
@@ -140,18 +142,21 @@ def test_reused_buffers_behind_torch_tensors():
     torch.testing.assert_close(a * 2, wnkernels.weight_norm(v, g * 2)[0])
 
 
-def test_fast_path_matches_and_still_validates():
-    """A remembered call shape (wnkernels._cpu fast path) gives the validating
-    path's bits and rejects what the front end rejects."""
+def test_cached_plan_matches_and_still_validates():
+    """A call whose plan is cached (wnkernels._dispatch) gives the planning
+    call's bits and still rejects what the planner rejects."""
     rng = np.random.default_rng(3)
     v = rng.standard_normal((33, 17)).astype(np.float32)
     g = rng.standard_normal((33, 1)).astype(np.float32)
     gw = rng.standard_normal((33, 17)).astype(np.float32)
-    _cpu.forget_plans()
-    w0, n0 = wnkernels.weight_norm(v, g, 0)          # validating path, remembered
+    _dispatch.clear_plans()
+    assert _dispatch.plan_of("weight_norm", v, g) is None
+    w0, n0 = wnkernels.weight_norm(v, g, 0)          # planned, cached
     gv0, gg0 = wnkernels.weight_norm_backward(gw, v, g, n0, 0)
-    w1, n1 = wnkernels.weight_norm(v, g, 0)          # fast path
-    gv1, gg1 = wnkernels.weight_norm_backward(gw, v, g, n1, 0)
+    assert _dispatch.plan_of("weight_norm", v, g) is not None
+    assert _dispatch.plan_of("weight_norm_backward", gw, v, g, n0) is not None
+    w1, n1 = wnkernels.weight_norm(v.copy(), g.copy(), 0)          # cached
+    gv1, gg1 = wnkernels.weight_norm_backward(gw.copy(), v.copy(), g.copy(), n1, 0)
     for a, b in [(w0, w1), (n0, n1), (gv0, gv1), (gg0, gg1)]:
         assert a.tobytes() == b.tobytes()
     with pytest.raises(ValueError, match="eps"):
@@ -162,22 +167,46 @@ def test_fast_path_matches_and_still_validates():
         wnkernels.weight_norm(v, g, False)           # hashes like dim=0
     with pytest.raises(TypeError):
         wnkernels.weight_norm_backward(gw, v, g, n0, False)
-    # same shape and strides, but misaligned data: handled by the front end
+    with pytest.raises(TypeError):
+        wnkernels.weight_norm(v, g, (False,))
+    # same shape and strides, but misaligned data: a plan of its own (a copy)
     buf = np.empty(v.size * 4 + 4, np.uint8)[1:1 + v.size * 4]
     mis = np.ndarray(v.shape, np.float32, buffer=buf)
     mis[...] = v
     assert not mis.flags.aligned
-    w2, n2 = wnkernels.weight_norm(mis, g, 0)
-    assert w2.tobytes() == w0.tobytes() and n2.tobytes() == n0.tobytes()
+    for _ in range(2):
+        w2, n2 = wnkernels.weight_norm(mis, g, 0)
+        assert w2.tobytes() == w0.tobytes() and n2.tobytes() == n0.tobytes()
 
 
-def test_fast_path_never_accepts_what_the_front_end_rejects():
-    """Plans are keyed on the arrays the kernels read; bfloat16 travels as
-    uint16 bits, so a uint16 call of the same shape must still fail."""
+def test_every_argument_form_is_cached():
+    """Tuple and list dims, NumPy-int dims, int eps, out=, backward, row_scale:
+    after one call each form runs from the cache."""
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal((4, 5, 6)).astype(np.float32)
+    _dispatch.clear_plans()
+    for dim in [(0, 2), [2, 0], np.int64(1), -1, None]:
+        g = zoo.g_for(rng, v.shape, dim, "float32")
+        for eps in (0.0, 1, np.float32(0.5)):
+            w, n = wnkernels.weight_norm(v, g, dim, eps=eps)
+            assert _dispatch.plan_of("weight_norm", v, g, dim=dim) is not None, dim
+        out = np.empty_like(v)
+        w2, _ = wnkernels.weight_norm(v, g, dim, eps=1, out=out)
+        assert w2 is out
+        assert _dispatch.plan_of("weight_norm", v, g, out, dim=dim) is not None
+        wnkernels.weight_norm_backward(v, v, g, n, dim)
+        assert _dispatch.plan_of("weight_norm_backward", v, v, g, n, dim=dim) is not None
+        wnkernels.row_scale(v, g, dim)
+        assert _dispatch.plan_of("row_scale", v, g, dim=dim) is not None
+
+
+def test_cache_never_accepts_what_the_planner_rejects():
+    """Plans are keyed on the arguments' own dtypes: bfloat16 travels as uint16
+    bits inside, so a uint16 call of the same shape must still fail."""
     ml_dtypes = pytest.importorskip("ml_dtypes")
     v = np.ones((8, 5), ml_dtypes.bfloat16)
     g = np.ones((8, 1), ml_dtypes.bfloat16)
-    _cpu.forget_plans()
+    _dispatch.clear_plans()
     for _ in range(2):
         wnkernels.weight_norm(v, g)
     with pytest.raises(TypeError):
@@ -194,10 +223,10 @@ def _torch_bits(t):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 @pytest.mark.parametrize("case", ["rows", "transposed", "dim=-1", "dim=None"])
-def test_torch_fast_path_is_taken_and_matches(dtype, case):
-    """A remembered torch call is served by `_cpu.fast_forward/backward`
-    straight from the tensors' data pointers, with the validating path's bits,
-    the same tensor types, dtypes and strides, for every dtype and layout."""
+def test_torch_cached_path_matches(dtype, case):
+    """A cached torch call runs straight from the tensors' data pointers, with
+    the planning call's bits, the same tensor types, dtypes and strides, for
+    every dtype and layout."""
     torch = pytest.importorskip("torch")
     tdt = getattr(torch, dtype)
     gen = torch.Generator().manual_seed(9)
@@ -210,53 +239,54 @@ def test_torch_fast_path_is_taken_and_matches(dtype, case):
         [n if ax == dim % v.dim() else 1 for ax, n in enumerate(v.shape)]
     g = torch.nn.Parameter(torch.rand(gshape, generator=gen).to(tdt) + 0.5)
     v = torch.nn.Parameter(v)
-    _cpu.forget_plans()
-    w0, n0 = wnkernels.weight_norm(v, g, dim)            # validating, remembered
+    _dispatch.clear_plans()
+    w0, n0 = wnkernels.weight_norm(v, g, dim)            # planned, cached
     gv0, gg0 = wnkernels.weight_norm_backward(gw, v, g, n0, dim)
-    fast_f = _cpu.fast_forward(v, g, dim, 0.0, wnkernels.get_num_threads())
-    fast_b = _cpu.fast_backward(gw, v, g, n0, dim, wnkernels.get_num_threads())
-    assert fast_f is not None and fast_b is not None     # the fast path serves it
-    for ref, got in zip((w0, n0, gv0, gg0), fast_f + fast_b):
+    assert _dispatch.plan_of("weight_norm", v, g, dim=dim) is not None
+    assert _dispatch.plan_of("weight_norm_backward", gw, v, g, n0, dim=dim) is not None
+    cached = wnkernels.weight_norm(v, g, dim) + wnkernels.weight_norm_backward(gw, v, g, n0, dim)
+    for ref, got in zip((w0, n0, gv0, gg0), cached):
         assert type(got) is torch.Tensor and got.dtype == ref.dtype
         assert got.shape == ref.shape and got.stride() == ref.stride()
         assert not got.requires_grad
         assert _torch_bits(got) == _torch_bits(ref)
-    # and the validating path agrees with a NumPy call of the same data
+    # and a NumPy call of the same data agrees
     if dtype != "bfloat16":
         w, n = wnkernels.weight_norm(v.detach().numpy(), g.detach().numpy(), dim)
         assert w.tobytes() == w0.detach().contiguous().numpy().tobytes()
         assert n.tobytes() == n0.numpy().tobytes()
 
 
-def test_torch_fast_path_leaves_odd_tensors_to_the_front_end():
-    """Tensors with the key of a remembered call but data the kernels cannot
-    read in place (negative bit, misaligned data) or arguments the front end
-    rejects still get the validating path's answer or error."""
+def test_odd_tensors_after_a_cached_plain_call():
+    """Tensors with the shape and strides of a cached call but data the kernels
+    cannot read in place (negative bit, misaligned data), or arguments the
+    planner rejects, get the right answer or error."""
     torch = pytest.importorskip("torch")
     gen = torch.Generator().manual_seed(2)
     v = torch.randn(8, 5, generator=gen)
     g = torch.rand(8, 1, generator=gen) + 0.5
     gw = torch.randn(8, 5, generator=gen)
-    _cpu.forget_plans()
+    _dispatch.clear_plans()
     w0, n0 = wnkernels.weight_norm(v, g)
     gv0, gg0 = wnkernels.weight_norm_backward(gw, v, g, n0)
     neg = (-v)._neg_view()                       # same values, negative bit set
     assert neg.is_neg() and neg.stride() == v.stride()
-    assert _cpu.fast_forward(neg, g, 0, 0.0, 1) is None
-    w1, n1 = wnkernels.weight_norm(neg, g)
-    assert torch.equal(w1, w0) and torch.equal(n1, n0)
-    gv1, gg1 = wnkernels.weight_norm_backward(gw, neg, g, n0)
-    assert torch.equal(gv1, gv0) and torch.equal(gg1, gg0)
+    for _ in range(2):
+        w1, n1 = wnkernels.weight_norm(neg, g)
+        assert torch.equal(w1, w0) and torch.equal(n1, n0)
+        gv1, gg1 = wnkernels.weight_norm_backward(gw, neg, g, n0)
+        assert torch.equal(gv1, gv0) and torch.equal(gg1, gg0)
+    assert neg.is_neg() and torch.equal(neg, v)  # the input is untouched
     buf = np.zeros(v.numel() * 4 + 4, np.uint8)[1:1 + v.numel() * 4]
     mis = torch.from_numpy(np.ndarray((8, 5), np.float32, buffer=buf))
     mis.copy_(v)
     assert mis.data_ptr() % 4 and mis.stride() == v.stride()
-    assert _cpu.fast_forward(mis, g, 0, 0.0, 1) is None
-    assert _cpu.fast_backward(gw, mis, g, n0, 0, 1) is None
-    w2, n2 = wnkernels.weight_norm(mis, g)
-    assert torch.equal(w2, w0) and torch.equal(n2, n0)
+    for _ in range(2):
+        w2, n2 = wnkernels.weight_norm(mis, g)
+        assert torch.equal(w2, w0) and torch.equal(n2, n0)
+        gv2, gg2 = wnkernels.weight_norm_backward(gw, mis, g, n0)
+        assert torch.equal(gv2, gv0) and torch.equal(gg2, gg0)
     sparse = v.to_sparse()                       # same dtype and shape, no strides
-    assert _cpu.fast_forward(sparse, g, 0, 0.0, 1) is None
     with pytest.raises(TypeError, match="strided"):
         wnkernels.weight_norm(sparse, g)
     with pytest.raises(ValueError, match="eps"):
@@ -270,53 +300,57 @@ def test_torch_fast_path_leaves_odd_tensors_to_the_front_end():
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
-def test_out_fast_path_is_taken_and_still_checks_overlap(kind):
-    """A remembered forward with out= is served by `_cpu.fast_forward_out`
-    (same bits, the caller's out returned, in place too), while an out of the
-    same key that is read-only, overlaps v without being v, or overlaps g
-    still raises and writes nothing."""
+def test_cached_out_still_checks_overlap(kind):
+    """A cached forward with out= returns the caller's out (in place too),
+    while an out of the same key that overlaps v without being v, or
+    overlaps g, still raises and writes nothing: the overlap is checked on
+    every call, not at planning only."""
     rng = np.random.default_rng(4)
     wrap = (lambda a: a) if kind == "numpy" else pytest.importorskip("torch").from_numpy
     bits = (lambda a: np.asarray(a).tobytes())
     v = rng.standard_normal((16, 9)).astype(np.float32)
     g = (rng.random((16, 1)) + 0.5).astype(np.float32)
     w_ref, n_ref = wnkernels.weight_norm(v, g)
-    _cpu.forget_plans()
+    _dispatch.clear_plans()
     tv, tg = wrap(v), wrap(g)
-    out = wrap(np.full_like(v, np.nan))
-    assert wnkernels.weight_norm(tv, tg, out=out)[0] is out     # validating
-    out2 = wrap(np.full_like(v, np.nan))
-    res = _cpu.fast_forward_out(tv, tg, out2, 0, 0.0, 1)
-    assert res is not None and res[0] is out2                    # fast path
-    assert bits(out2) == bits(w_ref) and bits(res[1]) == bits(n_ref)
-    # in place: registered by one call, served by the next
+    for _ in range(2):
+        out = wrap(np.full_like(v, np.nan))
+        w, n = wnkernels.weight_norm(tv, tg, out=out)
+        assert w is out and bits(out) == bits(w_ref) and bits(n) == bits(n_ref)
+    assert _dispatch.plan_of("weight_norm", tv, tg, out) is not None
+    # in place: planned by one call, run from the cache by the next
     for _ in range(2):
         x = wrap(v.copy())
         w, n = wnkernels.weight_norm(x, tg, out=x)
         assert w is x and bits(x) == bits(w_ref) and bits(n) == bits(n_ref)
-    x = wrap(v.copy())
-    assert _cpu.fast_forward_out(x, tg, x, 0, 0.0, 1) is not None
-    # same shapes and strides, but out overlaps v one row off: a ValueError
+    # same shapes and strides as a cached call, but out overlaps v one row off
     buf = np.zeros((17, 9), np.float32)
     buf[1:] = v
+    wnkernels.weight_norm(wrap(np.zeros((16, 9), np.float32)), tg,
+                          out=wrap(np.zeros((16, 9), np.float32)))
     before = buf.copy()
     with pytest.raises(ValueError, match="out"):
         wnkernels.weight_norm(wrap(buf[1:]), tg, out=wrap(buf[:-1]))
     assert bits(buf) == bits(before)
-    # out overlapping g (g lives inside out's memory), after a call with the
-    # same strides but separate memory
+    # out overlapping g (g lives inside out's memory), after a cached call with
+    # the same strides but separate memory
     def strided_g():
         gbuf = np.zeros((16, 9), np.float32)
         gbuf[:, :1] = g
         return gbuf, gbuf[:, :1]                # g: (16, 1), row stride 9
     _, gsep = strided_g()
-    wnkernels.weight_norm(tv, wrap(gsep), out=wrap(np.zeros_like(v)))
-    assert _cpu.fast_forward_out(tv, wrap(gsep), wrap(np.zeros_like(v)),
-                                 0, 0.0, 1) is not None
+    for _ in range(2):
+        wnkernels.weight_norm(tv, wrap(gsep), out=wrap(np.zeros_like(v)))
     gbuf, gin = strided_g()
     with pytest.raises(ValueError, match="out"):
         wnkernels.weight_norm(tv, wrap(gin), out=wrap(gbuf))
     assert bits(gbuf[:, :1]) == bits(g) and not gbuf[:, 1:].any()
+    # interleaved but disjoint (ranges touch, no element shared): accepted
+    both = np.zeros((16, 18), np.float32)
+    both[:, ::2] = v
+    for _ in range(2):
+        w, _ = wnkernels.weight_norm(wrap(both[:, ::2]), tg, out=wrap(both[:, 1::2]))
+        assert bits(np.ascontiguousarray(both[:, 1::2])) == bits(w_ref)
     if kind == "numpy":
         ro = np.zeros_like(v)
         ro.flags.writeable = False
@@ -353,7 +387,7 @@ def test_out_that_overlaps_itself_is_rejected():
 def test_pool_makes_room_for_new_sizes(monkeypatch):
     """Under its byte cap the pool drops unused buffers of old sizes, so a
     new size is still pooled (and reused) while live results are kept."""
-    from wnkernels._frontend import _BufferPool
+    from wnkernels.cpu import _BufferPool
     pool = _BufferPool()
     monkeypatch.setattr(_BufferPool, "MAX_POOLED_BYTES", 3 << 20)
     live = pool.get(1 << 20)                 # stays in use

@@ -64,7 +64,7 @@ if SIM:
     import wnkernels.cuda as wc
     from wnkernels.cuda import _launch
     from wnkernels._layout import make_layout, normalize_dim
-    from wnkernels._frontend import _shift
+    from wnkernels.cuda._exec import shift as _shift
     from wnkernels import reference
 
 DTYPES = zoo.DTYPES
@@ -777,60 +777,6 @@ def test_ticket_order():
             order = [decode(tk, np_, lag, nchunk) for tk in range(2 * np_)]
             for r in range(nrows):
                 assert [c for f, rr, c in order if f and rr == r] == list(range(nchunk))[::-1]
-
-
-@sim_only
-@pytest.mark.parametrize("strategy", ("regs", "stream", "cols", "block", "split:3"))
-def test_recorded_launches_replay_on_new_arrays(strategy, vector_on):
-    """A recorded call (the front end's remembered GPU calls) replayed on other
-    arrays of the same layout: same results as a fresh call, eps taken per call,
-    the stream's workspace fetched per call."""
-    rng = np.random.default_rng([len(strategy), 50])
-    dim = -1 if strategy == "cols" else 0
-    shape = (37, 12) if strategy == "cols" else (5, 133)
-    if strategy in ("block", "split:3"):
-        wc.configure(vector=False)
-    def arrays():
-        v = zoo.random_values(rng, shape, "float32")
-        g = zoo.random_values(rng, flat_g_shape(shape, dim), "float32", "g").reshape(-1)
-        vd, gd = to_sim(v), to_sim(g)
-        wd = wc.empty(wc.info(vd), shape, "float32")
-        lay = make_layout(shape, normalize_dim(dim, 2), [wc.info(vd).strides] * 2)
-        nd = wc.empty(wc.info(vd), (lay.nrows,), "float32")
-        return v, g, vd, gd, wd, nd, lay
-    v, g, vd, gd, wd, nd, lay = arrays()
-    rec = _launch.new_record()
-    objs = (vd, gd, wd, nd)
-    infos = [wc.info(x) for x in objs]
-    wc.forward(lay, _shift(infos[0], lay, 0), infos[1], 1, _shift(infos[2], lay, 1), infos[3],
-               0.0, strategy=strategy, record=rec)
-    recipe = _launch.Recipe.make(rec, [(x, i.ptr) for x, i in zip(objs, infos)], 0, "float32")
-    assert recipe is not None and recipe.steps
-    for eps in (0.0, 0.5):
-        v2, g2, vd2, gd2, wd2, nd2, _ = arrays()
-        objs2 = (vd2, gd2, wd2, nd2)
-        recipe.run(vd2, tuple(wc.info(x).ptr for x in objs2), objs2, 0, eps)
-        n = host(nd2).reshape(flat_g_shape(shape, dim))
-        err = zoo.check_forward(host(wd2), n, v2, g2.reshape(n.shape), dim, eps, "float32")
-        assert err is None, (eps, err)
-        w_ref, n_ref = run_forward(v2, g2, dim, eps, strategy)
-        assert host(wd2).tobytes() == w_ref.tobytes()
-
-
-@sim_only
-def test_recipe_refuses_unknown_arrays():
-    """An array argument that belongs to none of the roles (a temporary copy):
-    nothing is remembered."""
-    rng = np.random.default_rng(51)
-    v = zoo.random_values(rng, (4, 9), "float32")
-    vd, gd = to_sim(v), to_sim(np.ones(4, np.float32))
-    wd = wc.empty(wc.info(vd), (4, 9), "float32")
-    nd = wc.empty(wc.info(vd), (4,), "float32")
-    lay = make_layout((4, 9), (0,), [(9, 1), (9, 1)])
-    rec = _launch.new_record()
-    wc.forward(lay, wc.info(vd), wc.info(gd), 1, wc.info(wd), wc.info(nd), 0.0, record=rec)
-    roles = [(x, wc.info(x).ptr) for x in (vd, gd, wd)]   # norms missing
-    assert _launch.Recipe.make(rec, roles, 0, "float32") is None
 
 
 # ---------------------------------------------------------------- blocks running at once

@@ -211,7 +211,7 @@ _FORK_CHILD = r"""
 import os, sys
 import numpy as np
 import wnkernels
-from wnkernels import _cpu
+from wnkernels.cpu import _kernels as _cpu
 v = np.random.default_rng(5).standard_normal((512, 1024)).astype(np.float32)
 g = np.ones((512, 1), np.float32)
 gw = np.random.default_rng(6).standard_normal((512, 1024)).astype(np.float32)
@@ -237,6 +237,6 @@ def test_forked_child_runs_kernels_without_hanging():
     """A process forked after the kernels used an OpenMP team (multiprocessing's
     default on Linux) runs its kernels on one thread, with the same bits; before,
     its first multi-threaded call waited forever on threads fork had not copied."""
-    if not hasattr(os, "fork") or not wnkernels._cpu.have_openmp():
+    if not hasattr(os, "fork") or not wnkernels.cpu._kernels.have_openmp():
         pytest.skip("needs fork and an OpenMP build")
     assert _child(_FORK_CHILD) == "0 False"     # child exit code; parent keeps its threads

@@ -1,8 +1,9 @@
-"""Array adapters: the caller's arrays in, a uniform `ArrayInfo` out.
+"""Array descriptions: the caller's arrays in, a uniform `ArrayInfo` out.
 
-Every backend receives `ArrayInfo` records (data pointer, shape, element
-strides, dtype name, device) so that kernels run on the caller's memory in place.
-CPU kinds are handled here; GPU kinds by `wnkernels.cuda`.
+Every backend describes the arrays it claims as `ArrayInfo` records (data
+pointer, shape, element strides, dtype name, device), so that planning is the
+same for all of them and kernels run on the caller's memory in place.  CPU
+kinds are described by `wnkernels.cpu`, GPU kinds by `wnkernels.cuda`.
 """
 
 from __future__ import annotations
@@ -10,15 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Tuple
 
-__all__ = ["ArrayInfo", "FLOAT_DTYPES"]
-
-# dtype names the kernels support; "norm dtype" is what norms come back as.
-FLOAT_DTYPES = {
-    "float16": "float32",
-    "bfloat16": "float32",
-    "float32": "float32",
-    "float64": "float64",
-}
+__all__ = ["ArrayInfo"]
 
 
 @dataclass(eq=False)
@@ -33,6 +26,9 @@ class ArrayInfo:
     ptr: int                  # address of element (0, ..., 0)
     readonly: bool = False
     base: Any = None          # backend-private view (e.g. a NumPy view of a torch tensor)
+    aligned: bool = True      # the data pointer is a multiple of the itemsize
+    native: bool = True       # native byte order (NumPy can hand over others)
+    resolve: bool = False     # a torch tensor with the negative bit (read through a copy)
 
     @property
     def size(self) -> int:
@@ -41,11 +37,24 @@ class ArrayInfo:
             n *= s
         return n
 
+    @property
+    def key(self):
+        """Everything planning reads from this array, without its address (the
+        plan cache's key part for array kinds the dispatcher has no fast key
+        for): a plan made for one array serves any array with the same key."""
+        return (self.kind, self.device, self.dtype, self.shape, self.strides,
+                self.ptr & 15, self.readonly, self.aligned, self.native, self.resolve)
+
     def extent(self) -> Tuple[int, int]:
         """[lo, hi) byte range touched by the array (empty arrays: (ptr, ptr))."""
+        lo, hi = self.span()
+        return self.ptr + lo, self.ptr + hi
+
+    def span(self) -> Tuple[int, int]:
+        """[lo, hi) byte range touched, relative to the data pointer."""
         if self.size == 0:
-            return self.ptr, self.ptr
-        lo = hi = self.ptr
+            return 0, 0
+        lo = hi = 0
         for n, s in zip(self.shape, self.strides):
             step = (n - 1) * s * self.itemsize
             if step < 0:

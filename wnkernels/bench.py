@@ -208,7 +208,7 @@ def _import_wnkernels():
 def _roofline_primitives():
     """``(copy, triad)`` from the compiled extension, with a clear error if missing."""
     try:
-        from wnkernels import _cpu
+        from wnkernels.cpu import _kernels as _cpu
         return _cpu.roofline_copy, _cpu.roofline_triad
     except (ImportError, AttributeError) as exc:
         raise RuntimeError(

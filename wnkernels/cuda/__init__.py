@@ -30,27 +30,57 @@ from __future__ import annotations
 
 from ._interop import is_gpu_array, info, empty
 
-__all__ = ["is_gpu_array", "info", "empty", "ascontiguous", "forward", "backward", "configure",
-           "compile_times", "simulator_active"]
+__all__ = ["claims", "describe", "compile", "empty_cache", "is_gpu_array", "info", "empty",
+           "ascontiguous", "forward", "backward", "configure", "compile_times",
+           "simulator_active"]
 
 
-def forward(layout, v, g, g_stride, w, norms, eps: float, *, strategy=None,
-            record=None) -> None:
+# ---------------------------------------------------------------- backend protocol
+
+def claims(x) -> bool:
+    """Whether ``x`` is a GPU array this backend runs on in place."""
+    return is_gpu_array(x)
+
+
+def describe(name: str, x):
+    """`ArrayInfo` of a GPU array argument (torch's negative bit noted: the
+    planner has such a tensor read through a resolved copy)."""
+    i = info(x)
+    if i.kind == "torch-cuda":
+        i.resolve = bool(x.is_neg() or x.is_conj())
+    return i
+
+
+def compile(plan):
+    """The executable of a `wnkernels._planner.Plan` or ``GroupPlan``."""
+    from .._planner import GroupPlan
+    from ._exec import CudaCall, CudaGroup
+    return CudaGroup(plan) if isinstance(plan, GroupPlan) else CudaCall(plan)
+
+
+def empty_cache() -> None:
+    """Release the per-stream workspaces (partial sums, ticket counters)."""
+    import sys
+    launch = sys.modules.get("wnkernels.cuda._launch")
+    if launch is not None:
+        launch.empty_cache()
+
+
+def forward(layout, v, g, g_stride, w, norms, eps: float, *, strategy=None) -> None:
     """Fused forward: ``norms[r] = sqrt(sum v_r^2 + eps)``, ``w = v * (g / norms)``.
 
     ``layout`` describes arrays ``[v, w]``; ``g`` is read at ``g.ptr + r *
     g_stride`` elements; ``norms`` is contiguous (float32 for half types).
     ``strategy`` (testing) forces ``"block"``, ``"group[:G]"``, ``"split[:nchunk]"``,
     ``"cols[:TX]"``, ``"regs[:G:R]"`` or ``"stream"``; by default it is chosen from
-    the layout (`_launch.plan`).  ``record`` (`_launch.new_record`) notes the
-    launches for replay (`_fast`).
+    the layout (`_launch.plan`).
     """
     from . import _launch
-    _launch.forward(layout, v, g, g_stride, w, norms, eps, strategy=strategy, record=record)
+    _launch.forward(layout, v, g, g_stride, w, norms, eps, strategy=strategy)
 
 
 def backward(layout, grad_w, v, g, g_stride, norms, norms_stride, grad_v, grad_g,
-             *, strategy=None, record=None) -> None:
+             *, strategy=None) -> None:
     """Fused backward: ``grad_g = sum(grad_w * v) / norms`` and
     ``grad_v = (g / norms) * grad_w - (g * grad_g / norms^2) * v``.
 
@@ -60,7 +90,7 @@ def backward(layout, grad_w, v, g, g_stride, norms, norms_stride, grad_v, grad_g
     """
     from . import _launch
     _launch.backward(layout, grad_w, v, g, g_stride, norms, norms_stride, grad_v,
-                     grad_g, strategy=strategy, record=record)
+                     grad_g, strategy=strategy)
 
 
 def ascontiguous(a):

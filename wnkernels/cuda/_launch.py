@@ -47,7 +47,7 @@ from . import _kernels as K
 from ._vec import width
 
 __all__ = ["configure", "plan", "forward", "backward", "ascontiguous", "compile_times",
-           "empty_cache", "new_record", "Recipe", "Settings"]
+           "empty_cache", "Settings"]
 
 
 class Settings:
@@ -527,11 +527,9 @@ def _context_guard(ordinal):
 
 
 class _Launcher:
-    """One call's launch context: device, stream, and the path to use.  With
-    ``record`` (`new_record`), every kernel launch and the workspace request are
-    also noted there (for `Recipe`)."""
+    """One call's launch context: device, stream, and the path to use."""
 
-    def __init__(self, a=None, ordinal=0, handle=0, record=None):
+    def __init__(self, a=None, ordinal=0, handle=0):
         if a is not None:
             ordinal = a.device[1]
             handle = 0 if SIM else _interop.stream_handle(a)
@@ -540,15 +538,12 @@ class _Launcher:
         self.nsm = _sm_count(ordinal)
         self.block = Settings.block
         self.shuffle = Settings.shuffle
-        self.record = record  # {"launches": [...], "workspace": ...} or None
 
-    def __call__(self, kind, dtype, sub, grid, args, nk, nr, block=None, record=True):
+    def __call__(self, kind, dtype, sub, grid, args, nk, nr, block=None):
         grid = max(int(grid), 1)
         if Settings.trace is not None:
             Settings.trace.append((kind, sub))
         key = (kind, dtype, block or self.block, self.shuffle, sub)
-        if record and self.record is not None:
-            self.record["launches"].append((key, grid, args, nk, nr))
         if SIM:
             disp = _dispatcher(*key)
             conv = [_to_sim(v) if isinstance(v, _Arr) else v for v in args]
@@ -586,141 +581,14 @@ class _Launcher:
         _COMPILE_TIMES.setdefault(key + (nk, nr), time.perf_counter() - t0)
 
 
-# ---------------------------------------------------------------- replay
-
-class Recipe:
-    """The launches of one validated call, replayed on new arrays of the same
-    dtype, shape, strides and 16-byte phases (the front end's remembered GPU
-    calls).  Every array argument is stored as (role, offset from that array's
-    data pointer); ``part`` / ``sync`` workspaces are fetched per call for the
-    call's stream; the flat argument list is built once and only its pointer
-    (and eps) slots are rewritten per call."""
-
-    __slots__ = ("ordinal", "dtype", "ws", "steps", "resolved")
-
-    def __init__(self, ordinal, dtype, ws, steps):
-        self.ordinal, self.dtype, self.ws, self.steps = ordinal, dtype, ws, steps
-        self.resolved = False  # kernel handles / launch configs of the steps known
-
-    @classmethod
-    def make(cls, record, roles, ordinal, dtype):
-        """From a `new_record` filled by one call; ``roles``: (object, data pointer)
-        of each array the call touches, by role index.  None if an array argument
-        belongs to none of them (e.g. a temporary copy)."""
-        ws = record["workspace"]
-        steps = []
-        for key, grid, args, nk, nr in record["launches"]:
-            where = []
-            step = _Step(key, grid, nk, nr, _flat(args, where))
-            for k, (a, pos) in enumerate(zip(args, where)):
-                if isinstance(a, _Arr):
-                    role = next((i for i, (obj, _) in enumerate(roles) if obj is a.owner),
-                                None)
-                    if role is None and ws is not None:
-                        role = "part" if a is ws[2] else "sync" if a is ws[3] else None
-                    if role is None:
-                        return None
-                    delta = a.addr - roles[role][1] if isinstance(role, int) else 0
-                    step.slots.append((pos, role, delta))
-                    a = _Slot(role, delta, a.n, a.dtype)
-                elif isinstance(a, float):
-                    step.eps = (pos, k)
-                step.tmpl.append(a)
-            steps.append(step)
-        return cls(ordinal, dtype, None if ws is None else ws[:2], steps)
-
-    def run(self, like, ptrs, owners, handle, eps=0.0):
-        """Replay on arrays with data pointers ``ptrs`` (by role; ``owners`` keep
-        them alive), on stream ``handle``; ``like``: an array of the call's kind
-        and device (for a workspace allocation)."""
-        spans = None
-        if self.ws is not None:
-            L = _Launcher(ordinal=self.ordinal, handle=handle)
-            spans = dict(zip(("part", "sync"), _workspace(L, like, self.dtype, *self.ws)))
-        if not (SIM or Settings.trace is not None) and self._ready():
-            guard = _context_guard(self.ordinal)
-            if guard is None:
-                return self._run_flat(ptrs, handle, spans, eps)
-            with guard:
-                return self._run_flat(ptrs, handle, spans, eps)
-        return self._run_args(ptrs, owners, handle, spans, eps)
-
-    def _ready(self) -> bool:
-        """Kernel handles and launch configs resolved for the cuda.core path;
-        False (and the fast launch off, as in `_Launcher`) if it cannot be set up."""
-        if not Settings.fast_launch:
-            return False
-        if self.resolved:
-            return True
-        try:
-            from cuda.core import LaunchConfig
-            for step in self.steps:
-                if step.kern is None:
-                    step.kern = _compiled(*step.key, step.nk, step.nr, self.ordinal)
-                    step.cfg = LaunchConfig(grid=step.grid, block=step.key[2])
-        except Exception as e:
-            Settings.fast_launch = False
-            Settings.fast_launch_error = repr(e)
-            return False
-        self.resolved = True
-        return True
-
-    def _run_flat(self, ptrs, handle, spans, eps):
-        """Straight to ``cuda.core.launch`` with the prepared flat arguments."""
-        from cuda.core import launch
-        st = _stream(handle)
-        for step in self.steps:
-            flat = list(step.flat)
-            for i, role, delta in step.slots:
-                flat[i] = ptrs[role] + delta if role.__class__ is int else spans[role].addr
-            if step.eps is not None:
-                flat[step.eps[0]] = ctypes.c_double(eps)
-            launch(st, step.cfg, step.kern, *flat)
-
-    def _run_args(self, ptrs, owners, handle, spans, eps):
-        """Through `_Launcher` (the simulator, numba's dispatcher, tracing)."""
-        L = _Launcher(ordinal=self.ordinal, handle=handle)
-        for step in self.steps:
-            args = [(_Arr(ptrs[a.role] + a.delta, a.n, a.dtype, owners[a.role])
-                     if isinstance(a.role, int) else spans[a.role])
-                    if isinstance(a, _Slot) else a for a in step.tmpl]
-            if step.eps is not None:
-                args[step.eps[1]] = float(eps)
-            key = step.key
-            L(key[0], key[1], key[4], step.grid, tuple(args), step.nk, step.nr, key[2])
-
-
-class _Step:
-    """One launch of a `Recipe`."""
-    __slots__ = ("key", "grid", "nk", "nr", "flat", "slots", "tmpl", "eps", "kern", "cfg")
-
-    def __init__(self, key, grid, nk, nr, flat):
-        self.key, self.grid, self.nk, self.nr, self.flat = key, grid, nk, nr, flat
-        self.slots, self.tmpl, self.eps, self.kern, self.cfg = [], [], None, None, None
-
-
-class _Slot:
-    """An array argument of a `Recipe` step: ``role``'s data pointer + ``delta``
-    bytes (``role`` "part" / "sync": the stream's workspace)."""
-    __slots__ = ("role", "delta", "n", "dtype")
-
-    def __init__(self, role, delta, n, dtype):
-        self.role, self.delta, self.n, self.dtype = role, delta, n, dtype
-
-
-def new_record() -> dict:
-    """An empty record for ``forward`` / ``backward`` (``record=``)."""
-    return {"launches": [], "workspace": None}
-
-
 # ---------------------------------------------------------------- entry points
 
 def _plan_for(layout, arrays, L, strategy, bwd):
     return plan(layout, arrays, L.nsm, _l2_bytes(L.ordinal), strategy, bwd)
 
 
-def forward(layout, v, g, g_stride, w, norms, eps, strategy=None, record=None):
-    L = _Launcher(v, record=record)
+def forward(layout, v, g, g_stride, w, norms, eps, strategy=None):
+    L = _Launcher(v)
     dt = v.dtype
     st = K.storage_dtype(dt)
     nt = K.norm_dtype(dt)
@@ -759,8 +627,8 @@ def forward(layout, v, g, g_stride, w, norms, eps, strategy=None, record=None):
 
 
 def backward(layout, grad_w, v, g, g_stride, norms, norms_stride, grad_v, grad_g,
-             strategy=None, record=None):
-    L = _Launcher(v, record=record)
+             strategy=None):
+    L = _Launcher(v)
     dt = v.dtype
     st = K.storage_dtype(dt)
     nt = K.norm_dtype(dt)
@@ -848,9 +716,7 @@ def _workspace(L, v, dtype, npart, nsync):
     if nsync and (sync is None or sync.n < 2 + nsync):
         sync = ws["sync"] = _alloc(v, max(2 + nsync, 2 * sync.n if sync else 0, 1024), "int64")
         L("zero", dtype, 0, min(_cdiv(sync.n, L.block), 16 * L.nsm), (sync, sync.n), 1, 0,
-          record=False)
-    if L.record is not None:
-        L.record["workspace"] = (npart, nsync, part, sync if nsync else None)
+)
     return part, sync
 
 
