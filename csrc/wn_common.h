@@ -62,6 +62,20 @@ WN_INLINE uint16_t wn_f2h(float x)
 
 WN_INLINE float wn_bf2f(uint16_t h) { return wn_u2f((uint32_t)h << 16); }
 
+/* float64 -> float32 rounded to odd (truncated, last bit set if inexact): a
+ * 16-bit rounding of the result is then the correctly rounded 16-bit value of
+ * the float64 (24 >= 11 + 2 bits), where rounding to nearest twice is not. */
+WN_INLINE float wn_d2f_odd(double d)
+{
+    float f = (float)d;
+    if ((double)f != d && d == d) {
+        uint32_t u = wn_f2u(f);
+        if (fabs((double)f) > fabs(d)) u -= 1;     /* rounded away from zero: back */
+        f = wn_u2f(u | 1u);
+    }
+    return f;
+}
+
 /* float32 -> bfloat16, round to nearest even; NaN stays a quiet NaN. */
 WN_INLINE uint16_t wn_f2bf(float x)
 {

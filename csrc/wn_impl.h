@@ -15,6 +15,7 @@
  *   CV, CVL                      the CT vector type (VF or VD) and its lanes
  *   LOADCV(p) / STORECV(p, x)    CVL contiguous elements <-> a CV (LDF / STF exactly)
  *   LOADC(p)                     CVL contiguous CT values as a CV
+ *   SCALE_OUT(q)                 float64 q -> T, rounded once (row scale's output)
  *   STREAM(dst, src, nbytes)  streaming store of a 64-byte-aligned L1 buffer
  *
  * Each (ISA, dtype) provides two entry points over a prepared wn_task (see
@@ -330,10 +331,9 @@ static void FN(piece_bwd)(const wn_layout *L, const wn_rowgeom *G,
 /* ---- per-row scalars (the math, once for this backend) ------------------ */
 
 /* norm = sqrt(sum v^2 + eps); scale = g / norm with the norm as stored,
- * formed before it meets v (so g == norm gives a scale of exactly 1).  The
- * quotient is one correctly rounded CT division; the row scale call rounds
- * it once more to T, which for every T here equals rounding g / norm to T
- * directly (24 >= 2p + 2 bits: double rounding of a quotient is harmless). */
+ * formed before it meets v (so g == norm gives a scale of exactly 1): one
+ * correctly rounded CT division.  The row scale call returns g / norm in T:
+ * the quotient in float64, rounded once to T (SCALE_OUT). */
 WN_INLINE CT FN(fwd_row_scalars)(double sumsq, double eps, T g, NT *norm_out)
 {
     NT norm = (NT)sqrt(sumsq + eps);
@@ -364,7 +364,8 @@ WN_INLINE CT FN(fwd_row)(const wn_call *c, int64_t r, double sumsq, int store)
                                      ((const T *)c->g)[r * c->g_stride], &norm);
     if (store) {
         ((NT *)c->norms_out)[r] = norm;
-        if (c->scale) ((T *)c->scale)[r] = STF(s);
+        if (c->scale)
+            ((T *)c->scale)[r] = SCALE_OUT(LDD(((const T *)c->g)[r * c->g_stride]) / (double)norm);
     }
     return s;
 }

@@ -226,6 +226,7 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define LOADCV(p) WN_LD_F32(p)
 #define STORECV(p, x) WN_ST_F32(p, x)
 #define LOADC(p) WN_LD_F32(p)
+#define SCALE_OUT(q) ((float)(q))
 #include "wn_impl.h"
 #undef FN
 #undef T
@@ -244,6 +245,7 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef LOADCV
 #undef STORECV
 #undef LOADC
+#undef SCALE_OUT
 
 /* float64: float64 lanes; computed in float64. */
 #define FN(name) WN_CAT(name, f64, ISA)
@@ -263,6 +265,7 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define LOADCV(p) WN_LD_F64(p)
 #define STORECV(p, x) WN_ST_F64(p, x)
 #define LOADC(p) WN_LD_F64(p)
+#define SCALE_OUT(q) (q)
 #include "wn_impl.h"
 #undef FN
 #undef T
@@ -281,6 +284,7 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef LOADCV
 #undef STORECV
 #undef LOADC
+#undef SCALE_OUT
 
 /* float16 (IEEE binary16 bit patterns), computed in float32; products of two
  * 16-bit values are exact in float32: partials flushed every 16 steps
@@ -302,6 +306,7 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define LOADCV(p) WN_LD_F16(p)
 #define STORECV(p, x) WN_ST_F16(p, x)
 #define LOADC(p) WN_LD_F32(p)
+#define SCALE_OUT(q) wn_f2h(wn_d2f_odd(q))
 #include "wn_impl.h"
 #undef FN
 #undef T
@@ -313,6 +318,7 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef LOADVF
 #undef LOADCV
 #undef STORECV
+#undef SCALE_OUT
 
 /* bfloat16 (bit patterns), computed in float32; NT, CT, BT, WN_FLUSH, CV,
  * CVL and LOADC as float16. */
@@ -326,6 +332,7 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define LOADVF(p) WN_LD_BF16(p)
 #define LOADCV(p) WN_LD_BF16(p)
 #define STORECV(p, x) WN_ST_BF16(p, x)
+#define SCALE_OUT(q) wn_f2bf(wn_d2f_odd(q))
 #include "wn_impl.h"
 #undef FN
 #undef T
@@ -344,6 +351,7 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef LOADCV
 #undef STORECV
 #undef LOADC
+#undef SCALE_OUT
 
 #undef STREAM
 #undef WN_FLUSH1

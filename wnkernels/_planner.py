@@ -136,7 +136,8 @@ class ArgSpec(NamedTuple):
 class Plan:
     """What one call does, decided from its arguments' descriptions (see the
     module docstring).  ``layout`` arrays: forward [v, w]; backward
-    [v, grad_w, grad_v]; row scale [v, v].  ``g_stride`` / ``n_stride``: element
+    [v, grad_w, grad_v]; row scale [v, w] (the forward's layout; w is not
+    written).  ``g_stride`` / ``n_stride``: element
     stride between the rows of g / norms (after any copy).  ``overlaps``:
     (output arg, input arg, alias allowed) pairs checked per call."""
 
@@ -341,7 +342,9 @@ def plan_call(op: int, args: Sequence[Any], descs: Optional[Sequence] = None,
         norms = OutSpec("norms", tuple(gi.shape), DTYPES[dtype].norm, _c_strides(gi.shape))
         if op == ROW_SCALE:
             outputs = (OutSpec("scale", tuple(gi.shape), dtype, _c_strides(gi.shape)), norms)
-            lay_strides = (v_strides, v_strides)
+            # the forward's layout (as if w were allocated), so that every
+            # backend sums each row exactly as weight_norm(v, g) does
+            lay_strides = (v_strides, w_dense)
         else:
             oi = present.get("out")
             if oi is None:
