@@ -384,6 +384,20 @@ def test_out_that_overlaps_itself_is_rejected():
         assert w is ok and np.allclose(ok, 1 / np.sqrt(3))
 
 
+def test_pool_reuses_every_output_of_a_repeated_grouped_call():
+    """A model repeats layer shapes: every output of a grouped call over 25 weights
+    of one shape comes back from the pool on the next call (none is fresh)."""
+    from wnkernels.cpu import _BufferPool
+    vs = [np.ones((64, 1024), np.float32) for _ in range(25)]     # 256 KiB each
+    gs = [np.ones(64, np.float32) for _ in range(25)]
+    assert vs[0].nbytes >= _BufferPool.MIN_BYTES
+    from wnkernels.cpu import _pool
+    first = {id(w.base) for w, _ in wnkernels.weight_norm_many(vs, gs)}
+    outs = wnkernels.weight_norm_many(vs, gs)
+    pooled = {id(b) for b in _pool._bufs[vs[0].nbytes]}
+    assert len(first) == 25 and {id(w.base) for w, _ in outs} == first <= pooled
+
+
 def test_pool_makes_room_for_new_sizes(monkeypatch):
     """Under its byte cap the pool drops unused buffers of old sizes, so a
     new size is still pooled (and reused) while live results are kept."""

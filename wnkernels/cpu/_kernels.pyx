@@ -70,7 +70,7 @@ cdef extern from "wn.h" nogil:
 
 cdef int _nthreads = 1
 cdef object _pool_get = None
-cdef Py_ssize_t POOL_MIN_BYTES = 1 << 20
+cdef Py_ssize_t POOL_MIN_BYTES = 128 << 10   # set_pool sets the backend's
 cdef object _from_dlpack = None
 
 
