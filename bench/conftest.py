@@ -96,7 +96,7 @@ def bench_threads(request):
     if n is not None:
         wnkernels.set_num_threads(n)
     n = wnkernels.get_num_threads()
-    torch = wnbench._import_torch()
+    torch = wnbench.import_torch()
     saved = torch.get_num_threads() if torch is not None else None
     if torch is not None:
         torch.set_num_threads(n)
@@ -108,6 +108,13 @@ def bench_threads(request):
 @pytest.fixture(scope="session")
 def cpu_workloads(bench_threads):
     cache = WorkloadCache(lambda case: wnbench.CpuWorkload(case))
+    yield cache
+    cache.release()
+
+
+@pytest.fixture(scope="session")
+def group_workloads(bench_threads):
+    cache = WorkloadCache(lambda group: wnbench.GroupWorkload(group))
     yield cache
     cache.release()
 

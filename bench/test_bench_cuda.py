@@ -10,7 +10,7 @@ import pytest
 
 from wnkernels import bench as wnbench
 
-torch = wnbench._import_torch()
+torch = wnbench.import_torch()
 if torch is None:
     _skip = "torch is not installed (the GPU suite runs on torch CUDA tensors)"
 elif not torch.cuda.is_available():
@@ -19,7 +19,7 @@ else:
     _skip = None
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
 
-IMPLS = ("roofline", "wnkernels", "wnkernels out=", "torch")
+IMPLS = ("roofline", "wnkernels torch", "wnkernels out=", "torch")
 MATRIX = [pytest.param(c, d, i, id=tid)
           for c, d, i, tid in wnbench.benchmark_matrix(wnbench.CUDA_CASES, IMPLS)]
 

@@ -52,7 +52,7 @@ def test_simulator_suite():
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "-p", "no:randomly", os.path.abspath(__file__)],
         cwd=os.path.dirname(os.path.abspath(__file__)), env=env,
-        capture_output=True, text=True, timeout=1800)
+        capture_output=True, text=True, timeout=2400)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     assert " passed" in r.stdout
 
@@ -61,14 +61,15 @@ if SIM:
     from numba import cuda
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
+    import wnkernels
     import wnkernels.cuda as wc
-    from wnkernels.cuda import _launch
-    from wnkernels._layout import make_layout, normalize_dim
-    from wnkernels.cuda._exec import shift as _shift
+    from wnkernels.cuda import _launch, _plan
     from wnkernels import reference
 
 DTYPES = zoo.DTYPES
-STRATEGIES = ("block", "group", "cols", "split")
+# Strategies any layout can take (scalar access), and the 16-byte vector ones.
+SCALAR = ("rows", "rows:8", "chunks:3")
+VECTOR = ("regs", "stream")
 
 
 # ---------------------------------------------------------------- helpers
@@ -105,60 +106,57 @@ def host(d) -> np.ndarray:
     return np.array(d._ary)
 
 
-NORM = {"float16": "float32", "bfloat16": "float32", "float32": "float32",
-        "float64": "float64"}
+class forced:
+    """Run with ``strategy`` forced for every item (None: the planner's choice)."""
+
+    def __init__(self, strategy):
+        self.strategy = strategy or ""
+
+    def __enter__(self):
+        self.old = wc.configure(strategy=self.strategy)
+
+    def __exit__(self, *exc):
+        wc.configure(strategy=self.old["strategy"])
 
 
-def run_forward(v, g, dim, eps=0.0, strategy=None, w=None, shift=0):
-    """wnkernels.cuda.forward on host arrays v (any strides; placed ``shift`` bytes
-    past a 64-byte boundary) and flat g; ``w``: the device array to write; host
-    results."""
-    vd, gd = to_sim(v, shift), to_sim(np.ascontiguousarray(g).reshape(-1))
-    vi, gi = wc.info(vd), wc.info(gd)
-    wd = wc.empty(vi, vi.shape, vi.dtype) if w is None else w
-    wi = wc.info(wd)
-    lay = make_layout(vi.shape, normalize_dim(dim, len(vi.shape)), [vi.strides, wi.strides])
-    nd = wc.empty(vi, (lay.nrows,), NORM[vi.dtype])
-    wc.forward(lay, _shift(vi, lay, 0), gi, 1 if lay.nrows > 1 else 0,
-               _shift(wi, lay, 1), wc.info(nd), eps, strategy=strategy)
-    return host(wd), host(nd)
+def run_forward(v, g, dim, eps=0.0, strategy=None, out=None, shift=0):
+    """wnkernels.weight_norm on simulator copies of host arrays v (placed ``shift``
+    bytes past a 64-byte boundary) and g; ``out``: a device array; host results."""
+    with forced(strategy):
+        w, n = wnkernels.weight_norm(to_sim(v, shift), to_sim(g), dim, eps=eps, out=out)
+    return host(w), host(n)
 
 
-def run_backward(gw, v, g, norms, dim, strategy=None, shift=None, gv=None):
-    """wnkernels.cuda.backward on host arrays; ``shift``: place gw and v that many
-    bytes past a 64-byte boundary; ``gv``: the grad_v device array to write."""
-    gwd = gw if shift is None else to_sim(gw, shift)
-    vd = v if shift is None else to_sim(v, shift)
-    gwd = to_sim(gwd) if isinstance(gwd, np.ndarray) else gwd
-    vd = to_sim(vd) if isinstance(vd, np.ndarray) else vd
-    gd = to_sim(np.ascontiguousarray(g).reshape(-1))
-    nd = to_sim(np.ascontiguousarray(norms).reshape(-1))
-    vi, gwi, gi, ni = wc.info(vd), wc.info(gwd), wc.info(gd), wc.info(nd)
-    gvd = wc.empty(vi, vi.shape, vi.dtype) if gv is None else gv
-    gvi = wc.info(gvd)
-    lay = make_layout(vi.shape, normalize_dim(dim, len(vi.shape)),
-                      [vi.strides, gwi.strides, gvi.strides])
-    ggd = wc.empty(vi, (lay.nrows,), vi.dtype)
-    st = 1 if lay.nrows > 1 else 0
-    wc.backward(lay, _shift(gwi, lay, 1), _shift(vi, lay, 0), gi, st, ni, st,
-                _shift(gvi, lay, 2), wc.info(ggd), strategy=strategy)
-    return host(gvd), host(ggd)
+def run_backward(gw, v, g, norms, dim, strategy=None, shift=0):
+    with forced(strategy):
+        gv, gg = wnkernels.weight_norm_backward(to_sim(gw, shift), to_sim(v, shift),
+                                                to_sim(g), to_sim(norms), dim)
+    return host(gv), host(gg)
 
 
-def flat_g_shape(shape, dim):
-    return reference.g_shapes(shape, dim)[1] or (1,)
+def run_scale(v, g, dim, eps=0.0, strategy=None, shift=0):
+    with forced(strategy):
+        s, n = wnkernels.row_scale(to_sim(v, shift), to_sim(g), dim, eps=eps)
+    return host(s), host(n)
 
 
-def check_both(v, dim, dtype, strategy, rng, eps=0.0):
-    g = zoo.random_values(rng, flat_g_shape(v.shape, dim), dtype, "g")
-    w, n = run_forward(v, g, dim, eps, strategy)
-    n = n.reshape(g.shape)
+def check_all(v, dim, dtype, strategy, rng, eps=0.0, shift=0):
+    """Forward, backward and row scale of one strategy against the reference;
+    row scale's norms bitwise the forward's."""
+    g = zoo.g_for(rng, v.shape, dim, dtype, 1)
+    w, n = run_forward(v, g, dim, eps, strategy, shift=shift)
     err = zoo.check_forward(w, n, v, g, dim, eps, dtype)
     assert err is None, f"forward [{strategy}] {err}"
     gw = zoo.random_values(rng, v.shape, dtype, "grad")
-    gv, gg = run_backward(gw, v, g, n, dim, strategy)
-    err = zoo.check_backward(gv, gg.reshape(g.shape), gw, v, g, n, dim, dtype)
+    gv, gg = run_backward(gw, v, g, n, dim, strategy, shift=shift)
+    err = zoo.check_backward(gv, gg, gw, v, g, n, dim, dtype)
     assert err is None, f"backward [{strategy}] {err}"
+    s, n2 = run_scale(v, g, dim, eps, strategy, shift=shift)
+    assert n2.tobytes() == n.tobytes(), f"row scale [{strategy}]: other norms"
+    with np.errstate(all="ignore"):
+        s_ref = (zoo.as_f64(g) / n.astype(np.float64)).astype(zoo.np_dtype(dtype))
+    assert zoo.bits(s) == zoo.bits(s_ref.reshape(s.shape)), \
+        f"row scale [{strategy}]: scale != g / norm"
 
 
 @pytest.fixture(autouse=True)
@@ -168,8 +166,14 @@ def _small_blocks():
         yield
         return
     old = wc.configure(block=8, cols_tx=4, sm_count=2)
+    _launch.Settings.trace = []
     yield
+    _launch.Settings.trace = None
     wc.configure(**old)
+
+
+def trace():
+    return list(_launch.Settings.trace)
 
 
 # ---------------------------------------------------------------- interop
@@ -229,8 +233,12 @@ def test_dlpack_parser_reads_strides_and_dtypes():
     assert j.ptr == t.data_ptr()
 
 
-def test_cai_parser():
-    from wnkernels.cuda._interop import _cai_info
+def test_cai_parser_and_streams():
+    """The CUDA array interface reader, and the stream each GPU kind runs on: a
+    numba array's own, the one an interface names (the legacy default when it
+    names none), the legacy default for DLPack objects (which are asked to sync
+    to it)."""
+    from wnkernels.cuda._interop import _cai_info, stream_handle, _dlpack_info
 
     class Fake:
         __cuda_array_interface__ = {"shape": (3, 4), "strides": None, "typestr": "<f2",
@@ -238,17 +246,41 @@ def test_cai_parser():
     i = _cai_info(Fake())
     assert (i.kind, i.dtype, i.shape, i.strides, i.readonly) == \
         ("cai", "float16", (3, 4), (4, 1), True)
+    assert stream_handle(i) == 1                      # none named: legacy default
+
+    class OnStream:
+        __cuda_array_interface__ = {"shape": (2,), "strides": None, "typestr": "<f4",
+                                    "data": (0, False), "version": 3, "stream": 0xBEEF}
+    assert stream_handle(_cai_info(OnStream())) == 0xBEEF
+
+    class Producer:
+        seen = []
+
+        def __dlpack__(self, stream=None):
+            Producer.seen.append(stream)
+            return np.zeros(3, np.float32).__dlpack__()
+
+        def __dlpack_device__(self):
+            return (2, 0)
+    d = _dlpack_info(Producer())
+    assert Producer.seen == [1] and stream_handle(d) == 1
+    from types import SimpleNamespace as NS
+    from wnkernels._arrays import ArrayInfo
+    arr = ArrayInfo(obj=NS(stream=7), kind="numba", device=("cuda", 0), shape=(1,),
+                    strides=(1,), dtype="float32", itemsize=4, ptr=0)
+    assert stream_handle(arr) == 7
+    arr.obj = NS(stream=0)
+    assert stream_handle(arr) == 0
 
 
 # ---------------------------------------------------------------- every strategy, every dtype
 
 @sim_only
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SCALAR + (None,))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rows_every_strategy(dtype, strategy):
-    rng = np.random.default_rng([DTYPES.index(dtype), STRATEGIES.index(strategy)])
-    v = zoo.random_values(rng, (5, 37), dtype)
-    check_both(v, 0, dtype, strategy, rng)
+    rng = np.random.default_rng([DTYPES.index(dtype), len(strategy or "")])
+    check_all(zoo.random_values(rng, (5, 37), dtype), 0, dtype, strategy, rng)
 
 
 # (shape, dim, layout kind): kept / reduced dims of several counts, flipped,
@@ -267,13 +299,23 @@ LAYOUT_CASES = [
 
 
 @sim_only
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SCALAR)
 @pytest.mark.parametrize("case", LAYOUT_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
 def test_layouts_float32(case, strategy):
     shape, dim, kind = case
     rng = np.random.default_rng(LAYOUT_CASES.index(case))
     v = zoo.layout(zoo.random_values(rng, shape, "float32"), kind, rng)
-    check_both(v, dim, "float32", strategy, rng)
+    check_all(v, dim, "float32", strategy, rng)
+
+
+@sim_only
+@pytest.mark.parametrize("case", LAYOUT_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_layouts_cols(case):
+    """``cols`` takes any layout whose kept axis is a fast one too."""
+    shape, dim, kind = case
+    rng = np.random.default_rng([LAYOUT_CASES.index(case), 3])
+    v = zoo.layout(zoo.random_values(rng, shape, "float32"), kind, rng)
+    check_all(v, dim, "float32", "cols", rng)
 
 
 @sim_only
@@ -283,7 +325,7 @@ def test_layouts_auto_strategy(case, dtype):
     shape, dim, kind = case
     rng = np.random.default_rng([LAYOUT_CASES.index(case), DTYPES.index(dtype)])
     v = zoo.layout(zoo.random_values(rng, shape, dtype), kind, rng)
-    check_both(v, dim, dtype, None, rng)
+    check_all(v, dim, dtype, None, rng)
 
 
 @sim_only
@@ -291,28 +333,30 @@ def test_layouts_auto_strategy(case, dtype):
 def test_block_sizes(block):
     wc.configure(block=block, cols_tx=min(4, block))
     rng = np.random.default_rng(block)
-    for strategy in STRATEGIES:
+    for strategy in ("rows", f"rows:{min(block, 8)}", "chunks:3", "cols"):
         v = zoo.random_values(rng, (3, 41), "float32")
-        if strategy == "group":
-            strategy = f"group:{min(block, 8)}"
-        check_both(v, 0, "float32", strategy, rng)
+        check_all(v, 0, "float32", strategy, rng)
 
 
 @sim_only
-def test_split_chunking():
+def test_chunked_rows():
     """A row split into many chunks, partial sums combined in a fixed order."""
     rng = np.random.default_rng(7)
     v = zoo.random_values(rng, (2, 150), "float32")
     for nchunk in (1, 2, 5, 9):
-        check_both(v, 0, "float32", f"split:{nchunk}", rng)
+        check_all(v, 0, "float32", f"chunks:{nchunk}", rng)
 
 
 @sim_only
 def test_auto_choice_in_simulator():
     """Default strategy choice on the simulator's tiny device."""
     rng = np.random.default_rng(3)
-    for shape, dim in [((4, 9), 0), ((2, 600), 0), ((40, 3), 0), ((6, 40), -1)]:
-        check_both(zoo.random_values(rng, shape, "float64"), dim, "float64", None, rng)
+    got = []
+    for shape, dim in [((4, 9), 0), ((2, 1600), 0), ((40, 3), 0), ((6, 40), -1)]:
+        del _launch.Settings.trace[:]
+        check_all(zoo.random_values(rng, shape, "float64"), dim, "float64", None, rng)
+        got.append(trace()[0])
+    assert got == [("rows",), ("chunks",), ("rows",), ("cols",)], got
 
 
 # ---------------------------------------------------------------- edge cases
@@ -325,7 +369,7 @@ def test_zero_length_rows(dtype, eps):
     g = zoo.random_values(np.random.default_rng(0), (3,), dtype, "g")
     w, n = run_forward(v, g, 0, eps)
     assert w.shape == (3, 0)
-    np.testing.assert_array_equal(n, np.full(3, np.sqrt(eps), NORM[dtype]))
+    np.testing.assert_array_equal(n, np.full(3, np.sqrt(eps), zoo.NORM_DTYPE[dtype]))
     gv, gg = run_backward(v, v, g, n, 0)
     gg = gg.astype(np.float64)
     if eps == 0:
@@ -335,7 +379,7 @@ def test_zero_length_rows(dtype, eps):
 
 
 @sim_only
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SCALAR)
 @pytest.mark.parametrize("dtype", ("float16", "float32"))
 def test_nan_inf_stay_in_their_row(dtype, strategy):
     rng = np.random.default_rng(11)
@@ -343,7 +387,7 @@ def test_nan_inf_stay_in_their_row(dtype, strategy):
     v[1, 3] = np.nan
     v[3, 7] = np.inf
     v[4] = 0  # zero row with eps=0: NaN there too (as PyTorch)
-    check_both(v, 0, dtype, strategy, rng)
+    check_all(v, 0, dtype, strategy, rng)
     g = zoo.random_values(rng, (5,), dtype, "g")
     w, n = run_forward(v, g, 0, 0.0, strategy)
     w = w.astype(np.float64)
@@ -351,7 +395,7 @@ def test_nan_inf_stay_in_their_row(dtype, strategy):
 
 
 @sim_only
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SCALAR)
 @pytest.mark.parametrize("dtype", ("float32", "float64"))
 def test_scale_is_exactly_one_when_g_is_the_norm(dtype, strategy):
     """g taken from the kernel's own norms: w == v bit for bit (scale formed first)."""
@@ -364,7 +408,7 @@ def test_scale_is_exactly_one_when_g_is_the_norm(dtype, strategy):
 
 
 @sim_only
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SCALAR + ("cols",))
 def test_bitwise_reproducible(strategy):
     rng = np.random.default_rng(9)
     v = zoo.random_values(rng, (6, 45), "float32")
@@ -384,15 +428,12 @@ def test_in_place_forward():
     rng = np.random.default_rng(2)
     v = zoo.random_values(rng, (5, 30), "float32")
     g = zoo.random_values(rng, (5,), "float32", "g")
-    for strategy in STRATEGIES:
+    for strategy in SCALAR:
+        w, n = run_forward(v, g, 0, 0.0, strategy)
         vd = to_sim(v)
-        w, n = run_forward(v, g, 0, 0.0, strategy, w=None)
-        # in place: the output array is v's own memory
-        vi = wc.info(vd)
-        lay = make_layout(vi.shape, (0,), [vi.strides, vi.strides])
-        nd = wc.empty(vi, (5,), "float32")
-        wc.forward(lay, vi, wc.info(to_sim(g)), 1, vi, wc.info(nd), 0.0, strategy=strategy)
-        assert host(vd).tobytes() == w.tobytes()
+        with forced(strategy):
+            r, _ = wnkernels.weight_norm(vd, to_sim(g), 0, out=vd)
+        assert r is vd and host(vd).tobytes() == w.tobytes()
 
 
 @sim_only
@@ -402,24 +443,26 @@ def test_g_and_norms_strides():
     v = zoo.random_values(rng, (4, 9), "float64")
     gbuf = zoo.random_values(rng, (4,), "float64", "g")
     gd = to_sim(gbuf)[::-1]
-    vd = to_sim(v)
-    vi = wc.info(vd)
-    wd = wc.empty(vi, vi.shape, "float64")
-    lay = make_layout(vi.shape, (0,), [vi.strides, vi.strides])
-    nd = wc.empty(vi, (4,), "float64")
-    wc.forward(lay, vi, wc.info(gd), -1, wc.info(wd), wc.info(nd), 0.0)
+    w, n = wnkernels.weight_norm(to_sim(v), gd, 0)
     g = gbuf[::-1]
-    assert zoo.check_forward(host(wd), host(nd), v, g, 0) is None
+    assert zoo.check_forward(host(w), host(n), v, g, 0) is None
     nbuf = np.zeros(8)
-    nbuf[::2] = host(nd)
+    nbuf[::2] = host(n)
     gw = zoo.random_values(rng, (4, 9), "float64", "grad")
-    gwd = to_sim(gw)
-    gvd = wc.empty(vi, vi.shape, "float64")
-    ggd = wc.empty(vi, (4,), "float64")
-    lay3 = make_layout(vi.shape, (0,), [vi.strides] * 3)
-    wc.backward(lay3, wc.info(gwd), vi, wc.info(gd), -1, wc.info(to_sim(nbuf)), 2,
-                wc.info(gvd), wc.info(ggd))
-    assert zoo.check_backward(host(gvd), host(ggd), gw, v, g, host(nd), 0) is None
+    gv, gg = wnkernels.weight_norm_backward(to_sim(gw), to_sim(v), gd, to_sim(nbuf)[::2], 0)
+    assert zoo.check_backward(host(gv), host(gg), gw, v, g, host(n), 0) is None
+
+
+@sim_only
+def test_uneven_g_is_copied_on_the_device():
+    """A g whose rows are not evenly spaced (2 kept dims, one stepped) is made
+    contiguous by the backend's own copy kernel first."""
+    rng = np.random.default_rng(12)
+    v = zoo.random_values(rng, (3, 4, 5), "float32")
+    gbuf = zoo.random_values(rng, (3, 8, 1), "float32", "g")
+    gd = to_sim(gbuf)[:, ::2]
+    w, n = wnkernels.weight_norm(to_sim(v), gd, (0, 1))
+    assert zoo.check_forward(host(w), host(n), v, gbuf[:, ::2], (0, 1)) is None
 
 
 @sim_only
@@ -433,14 +476,44 @@ def test_ascontiguous_copy():
     assert host(c).tobytes() == np.ascontiguousarray(base[::-1, ::2, 1:]).tobytes()
 
 
+@sim_only
+def test_aliased_arguments_are_never_confused():
+    """backward(v, v, g, n) (grad_w is v) is planned by description, not by
+    identity: a later call with separate arrays of the same description reads
+    each of its own."""
+    rng = np.random.default_rng(13)
+    v = zoo.random_values(rng, (4, 9), "float32")
+    g = zoo.random_values(rng, (4,), "float32", "g")
+    w, n = run_forward(v, g, 0)
+    vd = to_sim(v)
+    gv1, gg1 = wnkernels.weight_norm_backward(vd, vd, to_sim(g), to_sim(n), 0)
+    assert zoo.check_backward(host(gv1), host(gg1), v, v, g, n, 0) is None
+    gw = zoo.random_values(rng, (4, 9), "float32", "grad")
+    gv2, gg2 = wnkernels.weight_norm_backward(to_sim(gw), to_sim(v), to_sim(g), to_sim(n), 0)
+    assert zoo.check_backward(host(gv2), host(gg2), gw, v, g, n, 0) is None
+
+
+@sim_only
+def test_settings_changes_replan_cached_calls():
+    """A cached plan follows `configure`: a forced strategy reaches the next
+    call with the same arguments' description."""
+    rng = np.random.default_rng(14)
+    v = zoo.random_values(rng, (4, 9), "float32")
+    g = zoo.random_values(rng, (4,), "float32", "g")
+    for strategy, codes in (("rows", ("rows",)), ("chunks:2", ("chunks",)),
+                            ("rows", ("rows",))):
+        del _launch.Settings.trace[:]
+        run_forward(v, g, 0, 0.0, strategy)
+        assert trace() == [codes], (strategy, trace())
+
+
 # ---------------------------------------------------------------- through the front end
 
 @sim_only
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ("C", "mixed"))
 def test_front_end_on_simulator_arrays(dtype, kind):
-    """wnkernels.weight_norm / weight_norm_backward route simulator arrays here."""
-    import wnkernels
+    """Simulator arrays in, simulator arrays out, every dim form."""
     rng = np.random.default_rng([DTYPES.index(dtype), zoo.LAYOUTS.index(kind)])
     for shape, dim in [((6, 5), 0), ((3, 4, 5), (0, 2)), ((5, 7), -1)]:
         v = zoo.layout(zoo.random_values(rng, shape, dtype), kind, rng)
@@ -455,73 +528,111 @@ def test_front_end_on_simulator_arrays(dtype, kind):
         assert err is None, f"{shape} dim={dim}: {err}"
 
 
+# ---------------------------------------------------------------- grouped calls
+
+@sim_only
+@pytest.mark.parametrize("vector", (False, True))
+def test_grouped_calls_are_one_launch_and_bitwise_the_single_calls(vector):
+    """A model-like weight set -- rows of many lengths and layouts, a dim=-1
+    item, few long rows (ticketed), an empty one, per-item dims -- in one
+    launch per direction, each item bitwise its own single call."""
+    wc.configure(vector=vector, stream_vectors=1, cols_steps=1)
+    rng = np.random.default_rng(15)
+    shapes = [((6, 3, 7), 0), ((2, 90), 0), ((9, 8), -1), ((5, 4, 1), 0), ((0, 3), 0),
+              ((4, 5), None), ((3, 4, 5), (0, 2)), ((7, 33), 0)]
+    for dtype in ("float32", "bfloat16"):
+        vs = [zoo.random_values(rng, s, dtype) for s, _ in shapes]
+        gs = [zoo.g_for(rng, s, d, dtype) for s, d in shapes]
+        gws = [zoo.random_values(rng, s, dtype, "grad") for s, _ in shapes]
+        dims = [d for _, d in shapes]
+        del _launch.Settings.trace[:]
+        fw = wnkernels.weight_norm_many([to_sim(v) for v in vs], [to_sim(g) for g in gs], dims)
+        assert len(trace()) == 1, trace()
+        del _launch.Settings.trace[:]
+        bw = wnkernels.weight_norm_backward_many(
+            [to_sim(x) for x in gws], [to_sim(v) for v in vs], [to_sim(g) for g in gs],
+            [n for _, n in fw], dims)
+        assert len(trace()) == 1, trace()
+        for k, (s, d) in enumerate(shapes):
+            w, n = wnkernels.weight_norm(to_sim(vs[k]), to_sim(gs[k]), d)
+            assert host(fw[k][0]).tobytes() == host(w).tobytes(), (dtype, s)
+            assert host(fw[k][1]).tobytes() == host(n).tobytes(), (dtype, s)
+            gv, gg = wnkernels.weight_norm_backward(to_sim(gws[k]), to_sim(vs[k]),
+                                                    to_sim(gs[k]), n, d)
+            assert host(bw[k][0]).tobytes() == host(gv).tobytes(), (dtype, s)
+            assert host(bw[k][1]).tobytes() == host(gg).tobytes(), (dtype, s)
+            assert zoo.check_forward(host(w), host(n), vs[k], gs[k], d, 0.0, dtype) is None
+
+
+@sim_only
+def test_grouped_call_with_a_bad_item_writes_nothing():
+    rng = np.random.default_rng(16)
+    vs = [to_sim(zoo.random_values(rng, (4, 5), "float32")) for _ in range(3)]
+    gs = [to_sim(zoo.random_values(rng, (4, 1), "float32", "g")) for _ in range(3)]
+    gs[2] = to_sim(zoo.random_values(rng, (5, 1), "float32", "g"))
+    before = [host(x).tobytes() for x in vs + gs]
+    with pytest.raises(ValueError, match=r"item 2"):
+        wnkernels.weight_norm_many(vs, gs)
+    assert [host(x).tobytes() for x in vs + gs] == before
+
+
 # ---------------------------------------------------------------- 16-byte vector kernels
 #
 # On a GPU, rows that are one contiguous run at the same 16-byte phase in every
 # array run ``regs`` (row held in registers) or ``stream`` (ticketed chunks), and
-# a contiguous kept axis runs ``cols`` with 16-byte column vectors where aligned.
+# a contiguous kept axis runs ``colsv`` with 16-byte column vectors where aligned.
 # Under the simulator the scalar kernels are the default, so these tests switch
 # the vector path on.  The simulator's vload / vstore read the W consecutive
 # elements in Python and raise on a misaligned or out-of-range vector access (a
 # fault on a GPU).
 
 VEC_W = {"float16": 8, "bfloat16": 8, "float32": 4, "float64": 2}
-ROW_STRATEGIES = ("regs", "stream")
 
 
 @pytest.fixture
 def vector_on():
     """Vector kernels on; stream items of one vector per thread (many chunks);
     an L2 so small that each chunk's finish follows its row's parts closely."""
-    old = wc.configure(vector=True, stream_vectors=1, cols_steps=1, l2_bytes=1)
-    _launch.Settings.trace = []
+    wc.configure(vector=True, stream_vectors=1, cols_steps=1, l2_bytes=1)
     yield _launch.Settings.trace
-    _launch.Settings.trace = None
-    wc.configure(**old)
 
 
-def _kinds(trace):
-    return [k for k, _ in trace if k != "zero"]
-
-
-def _vector_only(trace):
-    """Every launch was a 16-byte vector kernel (``regs``, ``stream``, or
-    ``cols`` with a vector of columns per thread)."""
-    kinds = [(k, s) for k, s in trace if k != "zero"]
-    return bool(kinds) and all(k.endswith(("regs", "stream")) or
-                               (k.endswith("cols") and s[1] > 1) for k, s in kinds)
+def _vector_only(tr):
+    """Every launch ran 16-byte vector strategies only."""
+    return bool(tr) and all(all(c.startswith(("regs", "stream", "colsv")) for c in codes)
+                            for codes in tr)
 
 
 @sim_only
-@pytest.mark.parametrize("strategy", ROW_STRATEGIES)
+@pytest.mark.parametrize("strategy", VECTOR + (None,))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_vector_rows(dtype, strategy, vector_on):
     """Rows whose length is not a multiple of W: each row starts at another phase
     (scalar head up to its first 16-byte boundary, vectors, scalar tail)."""
     W = VEC_W[dtype]
-    rng = np.random.default_rng([DTYPES.index(dtype), ROW_STRATEGIES.index(strategy), 40])
+    rng = np.random.default_rng([DTYPES.index(dtype), len(strategy or ""), 40])
     v = zoo.random_values(rng, (5, 3 * W * 4 + W // 2 + 1), dtype)
-    check_both(v, 0, dtype, strategy, rng)
+    check_all(v, 0, dtype, strategy, rng)
     assert _vector_only(vector_on), vector_on
 
 
 @sim_only
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_vector_origin_phases(dtype, vector_on):
-    """Origin phases 0, 1, W/2, W-1 elements past 16 bytes, the same in v, w, grad_w
-    and grad_v (outputs laid out like v); rows shorter than two vectors; one row."""
+    """v's first element 0, 1, W/2, W-1 elements past 16 bytes: the fresh outputs
+    are at phase 0, so only rows whose phases line up run the vector kernels
+    (rows of W + r elements, row r at phase r * ... in general they differ) --
+    here rows of a multiple of W so every row shares v's phase when it is 0."""
     W = VEC_W[dtype]
     isz = 16 // W
     rng = np.random.default_rng([DTYPES.index(dtype), 46])
-    base = zoo.random_values(rng, (3, 6 * W + 3), dtype)
-    n = 5 * W + 1
+    v = zoo.random_values(rng, (3, 5 * W), dtype)
     for k in sorted({0, 1, W // 2, W - 1}):
-        for strategy in ROW_STRATEGIES:
-            del vector_on[:]
-            check_both_alike(base, np.s_[:, :n], 0, dtype, strategy, rng, shift=k * isz)
-            assert _vector_only(vector_on), (k, vector_on)
-    check_both(zoo.random_values(rng, (3, W + 1), dtype), 0, dtype, "regs", rng)
-    check_both(zoo.random_values(rng, (7 * W + 3,), dtype), None, dtype, "stream", rng)
+        del vector_on[:]
+        check_all(v, 0, dtype, None, rng, shift=k * isz)
+        assert _vector_only(vector_on) == (k == 0), (k, vector_on)
+    check_all(zoo.random_values(rng, (3, W + 1), dtype), 0, dtype, "regs", rng)
+    check_all(zoo.random_values(rng, (7 * W + 3,), dtype), None, dtype, "stream", rng)
 
 
 @sim_only
@@ -532,65 +643,40 @@ def test_regs_shapes(gr, vector_on):
     rng = np.random.default_rng([G, R, 47])
     for rowlen in sorted({1, 3, 4, 5, G * R * 4 - 1, G * R * 4, G * R * 4 + 3}):
         v = zoo.random_values(rng, (3, rowlen), "float32")
-        if rowlen < 4:   # below one vector: the vector kernels are not eligible
+        if rowlen < 4 or rowlen > G * R * 4:   # not eligible: below a vector, or too long
             with pytest.raises(ValueError):
                 run_forward(v, v[:, 0], 0, 0.0, f"regs:{G}:{R}")
             continue
-        check_both(v, 0, "float32", f"regs:{G}:{R}", rng)
+        check_all(v, 0, "float32", f"regs:{G}:{R}", rng)
 
 
 @sim_only
 @pytest.mark.parametrize("l2", (1, 4096, 1 << 30))
-@pytest.mark.parametrize("strategy", ("stream", "cols"))
+@pytest.mark.parametrize("strategy", ("stream", "colsv", "cols", "chunks:4"))
 def test_ticket_lag(strategy, l2, vector_on):
     """The finish items trail the parts by the minimum (nchunk - 1), a few
-    hundred, or all of the parts: same results, the counters left at zero."""
+    hundred, or all of the parts: the same results."""
     wc.configure(l2_bytes=l2)
     rng = np.random.default_rng([l2 % 97, 48])
-    shape, dim = ((3, 131), 0) if strategy == "stream" else ((37, 12), -1)
-    v = zoo.random_values(rng, shape, "float32")
-    check_both(v, dim, "float32", strategy, rng)
-    ws = _launch._WORKSPACES[(0, 0)]
-    assert not host_of(ws["sync"]).any(), "ticket counters not left at zero"
-
-
-def host_of(span):
-    return np.array(span.owner._ary if hasattr(span.owner, "_ary") else span.owner)
-
-
-def check_both_alike(base, sl, dim, dtype, strategy, rng, shift=0):
-    """check_both on ``v = base[sl]`` with w, grad_w and grad_v laid out like v
-    (views of arrays shaped like ``base``, ``shift`` bytes past 64)."""
-    v = base[sl]
-    g = zoo.random_values(rng, flat_g_shape(v.shape, dim), dtype, "g")
-    wd = to_sim(np.zeros_like(base), shift)[sl]
-    w, n = run_forward(v, g, dim, 0.0, strategy, w=wd, shift=shift)
-    n = n.reshape(g.shape)
-    assert zoo.check_forward(w, n, v, g, dim, 0.0, dtype) is None, strategy
-    gw = zoo.random_values(rng, base.shape, dtype, "grad")[sl]
-    gvd = to_sim(np.zeros_like(base), shift)[sl]
-    gv, gg = run_backward(gw, v, g, n, dim, strategy, shift=shift, gv=gvd)
-    assert zoo.check_backward(gv, gg.reshape(g.shape), gw, v, g, n, dim, dtype) is None
+    shape, dim = ((3, 131), 0) if strategy in ("stream", "chunks:4") else ((37, 12), -1)
+    check_all(zoo.random_values(rng, shape, "float32"), dim, "float32", strategy, rng)
 
 
 @sim_only
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cols_vector(dtype, vector_on):
-    """dim=-1: 16-byte column vectors where every array's reduced stride allows,
-    a partial last vector of columns, reversed rows; the scalar fallback when an
-    array is not 16-byte aligned or its reduced stride is not a whole vector."""
+    """dim=-1: 16-byte column vectors where every array's reduced stride allows
+    (a partial last vector of columns; reversed rows), the scalar ``cols`` when
+    an array is not 16-byte aligned or its reduced stride is not a whole vector."""
     W = VEC_W[dtype]
     rng = np.random.default_rng([DTYPES.index(dtype), 49])
     base = zoo.random_values(rng, (7, 4 * W), dtype)
-    for sl, vec in [(np.s_[:, :], True), (np.s_[:, :3 * W + 1], True),
-                    (np.s_[::-2, :2 * W], True), (np.s_[:, 1:3 * W], False)]:
+    for v, vec in [(base, True), (base[::-2], True), (base[:, :3 * W + 1], False),
+                   (base[:, 1:3 * W], False)]:
         del vector_on[:]
-        check_both_alike(base, sl, -1, dtype, "cols", rng)
-        vws = {s[1] for k, s in vector_on if k.endswith("cols")}
-        assert vws == ({W} if vec else {1}), (sl, vector_on)
-    del vector_on[:]
-    check_both(base[:, :3 * W + 1], -1, dtype, "cols", rng)  # fresh outputs: stride 3W+1
-    assert {s[1] for k, s in vector_on if k.endswith("cols")} == {1}, vector_on
+        check_all(v, -1, dtype, None, rng)
+        assert {c for codes in vector_on for c in codes} == ({"colsv"} if vec else {"cols"}), \
+            (v.shape, v.strides, vector_on)
 
 
 @sim_only
@@ -604,9 +690,9 @@ def test_vector_multi_dims_and_nan(dtype, vector_on):
     v[0, 1, 1, 0] = np.nan
     v[1, 0, 0, 1] = np.inf
     v[1, 2] = 0
-    for strategy in ROW_STRATEGIES:
-        check_both(v, (0, 1), dtype, strategy, rng)
-        g = zoo.random_values(rng, (6,), dtype, "g")
+    for strategy in VECTOR:
+        check_all(v, (0, 1), dtype, strategy, rng)
+        g = zoo.random_values(rng, (2, 3), dtype, "g")
         w, _ = run_forward(v, g, (0, 1), 0.0, strategy)
         w = w.astype(np.float64).reshape(6, -1)
         assert np.isnan(w[[1, 5]]).all() and np.isnan(w[3]).any()
@@ -622,42 +708,33 @@ def test_vector_falls_back_when_phases_differ(vector_on):
     base = zoo.random_values(rng, (3, 33), "float32")
     for v in (base[:, ::2], base[:, 1:]):
         del vector_on[:]
-        check_both(v, 0, "float32", None, rng)
-        expect_vector = v.strides[1] == 4   # base[:, 1:]: w (fresh) has another phase
-        assert _vector_only(vector_on) is False or expect_vector, (v.strides, vector_on)
-    # w contiguous (phase 0 for every 32-element row), v rows at phase 1: scalar
-    v = base[:, 1:]
-    g = zoo.random_values(rng, (3,), "float32", "g")
-    del vector_on[:]
-    w, n = run_forward(v, g, 0)
-    assert zoo.check_forward(w, n, v, g, 0) is None
-    assert not any(k.endswith(("regs", "stream")) for k in _kinds(vector_on)), vector_on
+        check_all(v, 0, "float32", None, rng)
+        assert not any(c.startswith(("regs", "stream")) for codes in vector_on for c in codes)
+        with pytest.raises(ValueError):
+            run_forward(v, base[:, 0], 0, 0.0, "regs")
 
 
 @sim_only
-@pytest.mark.parametrize("strategy", ROW_STRATEGIES + ("cols",))
+@pytest.mark.parametrize("strategy", VECTOR + ("colsv",))
 def test_vector_in_place_and_reproducible(strategy, vector_on):
     """out=v on the vector path equals the out-of-place result bit for bit, and
     repeated calls are bitwise identical."""
     rng = np.random.default_rng(44)
     v = zoo.random_values(rng, (8, 36), "float32")
-    dim = 1 if strategy == "cols" else 0
-    nr = v.shape[dim]
-    g = zoo.random_values(rng, (nr,), "float32", "g")
+    dim = 1 if strategy == "colsv" else 0
+    g = zoo.random_values(rng, (v.shape[dim],), "float32", "g")
     w1, n1 = run_forward(v, g, dim, 0.0, strategy)
     w2, n2 = run_forward(v, g, dim, 0.0, strategy)
     assert w1.tobytes() == w2.tobytes() and n1.tobytes() == n2.tobytes()
     vd = to_sim(v)
-    vi = wc.info(vd)
-    lay = make_layout(vi.shape, (dim,), [vi.strides, vi.strides])
-    nd = wc.empty(vi, (nr,), "float32")
-    wc.forward(lay, vi, wc.info(to_sim(g)), 1, vi, wc.info(nd), 0.0, strategy=strategy)
+    with forced(strategy):
+        wnkernels.weight_norm(vd, to_sim(g), dim, out=vd)
     assert host(vd).tobytes() == w1.tobytes()
     assert _vector_only(vector_on), vector_on
 
 
 @sim_only
-@pytest.mark.parametrize("strategy", ROW_STRATEGIES)
+@pytest.mark.parametrize("strategy", VECTOR)
 def test_vector_scale_is_exactly_one_when_g_is_the_norm(strategy, vector_on):
     rng = np.random.default_rng(45)
     v = zoo.random_values(rng, (4, 37), "float64")
@@ -667,75 +744,75 @@ def test_vector_scale_is_exactly_one_when_g_is_the_norm(strategy, vector_on):
     assert w.tobytes() == v.tobytes()
 
 
+def _plan_of(shape, dim, dtype="float32", op=0, phases=None):
+    """The front end's plan of a call on fresh C-contiguous arrays (the GPU
+    planner only reads its description)."""
+    from wnkernels import _planner
+    v = np.zeros(shape, zoo.np_dtype(dtype))
+    g = np.zeros(reference.g_shapes(shape, dim)[0], v.dtype)
+    args = (v, g, None) if op == 0 else (v, v, g, g.astype(zoo.NORM_DTYPE[dtype]))
+    p = _planner.plan_call(op, args, None, dim)
+    if phases is not None:
+        p.args = tuple(a._replace(phase=ph) if a is not None else a
+                       for a, ph in zip(p.args, phases))
+    return p
+
+
 @sim_only
 def test_row_phase_rules():
     """Host-side eligibility of the vector row kernels: one contiguous reduced dim,
     the same phase in every array for every row; the knob switches it off."""
-    from types import SimpleNamespace as NS
-    old = wc.configure(vector=True)
-    try:
-        def ph(shape, dim, strides, ptrs, itemsize=4):
-            lay = make_layout(shape, normalize_dim(dim, len(shape)), strides)
-            arrs = [NS(ptr=p, itemsize=itemsize) for p in ptrs]
-            return _launch._row_phase(lay, arrs)
-        C = (8, 1)
-        assert ph((4, 8), 0, [C, C], [0x1000, 0x2000]) == 0
-        assert ph((4, 8), 0, [C, C], [0x1004, 0x2004]) == 1       # same phase: fine
-        assert ph((4, 8), 0, [C, C], [0x1000, 0x2004]) is None    # phases differ
-        assert ph((4, 6), 0, [(6, 1), (6, 1)], [0x1000, 0x1000]) == 0  # row r: phase 2r
-        assert ph((4, 6), 0, [(6, 1), (8, 1)], [0x1000, 0x1000]) is None
-        assert ph((4, 8), 0, [(1, 4), (1, 4)], [0x1000, 0x1000]) is None  # cols layout
-        assert ph((4, 8), 0, [(16, 2), (8, 1)], [0x1000, 0x1000]) is None  # v strided
-        assert ph((4, 2), 0, [(2, 1), (2, 1)], [0x1000, 0x1000]) is None  # row < W
-        assert ph((4, 12), 0, [(12, 1), (12, 1)], [0x1002, 0x2002], itemsize=2) == 1
-        assert ph((4, 8), 0, [C, C], [0x1001, 0x2001]) is None    # not element-aligned
-        wc.configure(vector=False)
-        assert ph((4, 8), 0, [C, C], [0x1000, 0x2000]) is None
-    finally:
-        wc.configure(**old)
+    def ph(shape, phase=0, dtype="float32", op=0):
+        return _plan.row_phase(_plan_of(shape, 0, dtype, op, (phase,) * 4), True)
+    assert ph((4, 8)) == 0
+    assert ph((4, 8), 4) is None            # v at phase 4 bytes, fresh w at 0: differ
+    assert ph((4, 6)) == 0                  # row r at phase 2r: each row has its head
+    assert ph((4, 2)) is None               # rows shorter than a vector
+    assert ph((4, 12), dtype="float16") == 0
+    assert ph((4, 8), 4, op=1) is None      # backward: grad_v fresh at phase 0
+    p = _plan_of((4, 8), 0)
+    assert _plan.row_phase(p, False) is None
+    pt = _plan_of((8, 4), 0)
+    pt.layout = __import__("wnkernels._layout", fromlist=["x"]).make_layout(
+        (8, 4), (1,), [(4, 1), (4, 1)])     # kept axis contiguous: a cols layout
+    assert _plan.row_phase(pt, True) is None
 
 
 @sim_only
 def test_plans_for_real_gpus():
-    """The plan for the issue's benchmark shapes on an H100 (132 SMs, 50 MiB L2)
-    with the GPU defaults."""
+    """The strategies for the issue's benchmark shapes on an H100 (132 SMs, 50 MiB
+    L2) with the GPU defaults; every plan fits a block of <= 256 threads."""
     from types import SimpleNamespace as NS
-    gpu = dict(block=256, max_block=1024, cols_tx=32, cols_steps=4, stream_vectors=2,
-               vector=True)
-    old = wc.configure(**gpu)
-    try:
-        def pl(shape, dim, dtype="float32", bwd=False):
-            isz = np.dtype(zoo.np_dtype(dtype)).itemsize
-            a = np.empty(shape, zoo.np_dtype(dtype))
-            st = tuple(s // isz for s in a.strides)
-            lay = make_layout(shape, normalize_dim(dim, len(shape)), [st] * (2 + bwd))
-            return _launch.plan(lay, [NS(ptr=1 << 20, itemsize=isz)] * (2 + bwd), 132,
-                                50 << 20, bwd=bwd)
-        p = pl((4096, 4096), 0)
-        assert (p.name, p.sub, p.block) == ("regs", (256, 4), 256)
-        p = pl((4096, 4096), 0, "float16")
-        assert (p.name, p.sub, p.block) == ("regs", (128, 4), 128)
-        p = pl((4096, 4096), 0, "float64")
-        assert (p.name, p.sub, p.block) == ("regs", (512, 4), 512)
-        assert pl((16384, 4096), 0, "bfloat16").name == "regs"
-        p = pl((1048576, 64), 0)
-        assert (p.name, p.sub, p.block) == ("regs", (8, 2), 256)
-        assert pl((512, 256, 3, 3), 0).name == "regs"
-        for shape, dt in (((8, 16777216), "float32"), ((64, 512, 512), "float16"),
-                          ((1024, 262144), "float32")):
-            for bwd in (False, True):
-                p = pl(shape, 0, dt, bwd)
-                assert p.name == "stream", (shape, p)
-                assert p.nchunk - 1 <= p.lag <= p.nchunk * shape[0], p
-                assert p.grid == 132 * 8
-        p = pl((1024, 262144), 0)
-        assert p.lag > p.grid          # finishes trail the parts by more than a wave
-        p = pl((4096, 4096), -1)
-        assert (p.name, p.sub) == ("cols", (8, 4)) and p.chunk == 128, p
-        p = pl((1 << 20, 32), -1)
-        assert (p.name, p.sub, p.nchunk) == ("cols", (8, 4), 8192), p
-    finally:
-        wc.configure(**old)
+    S = NS(block=256, max_regs=8, cols_tx=32, cols_steps=4, stream_vectors=2, vector=True)
+
+    def pl(shape, dim, dtype="float32", op=0):
+        p = _plan_of(shape, dim, dtype, op)
+        return _plan.plan_item(p, S, 132, 50 << 20), _plan.plan_strategy(p, S, 132)
+    F = __import__("wnkernels.cuda.kernels", fromlist=["Fields"]).Fields
+    it, st = pl((4096, 4096), 0)
+    assert st[:2] == ("regs4", 256), st
+    it, st = pl((4096, 4096), 0, "float16")
+    assert st[:2] == ("regs2", 256), st
+    it, st = pl((4096, 4096), 0, "float64")
+    assert st[:2] == ("regs8", 256), st
+    assert pl((16384, 4096), 0, "bfloat16")[1][0].startswith("regs")
+    it, st = pl((1048576, 64), 0)
+    assert st[:2] == ("regs2", 8), st
+    assert pl((512, 256, 3, 3), 0)[1][0].startswith("regs")
+    for shape, dt in (((8, 16777216), "float32"), ((64, 512, 512), "float16"),
+                      ((1024, 262144), "float32"), ((1536, 768, 16), "float32")):
+        for op in (0, 1):
+            it, st = pl(shape, 0, dt, op)
+            assert st[0] == "stream" or (shape[0] >= 132 and st[0].startswith("regs")), \
+                (shape, st)
+            if st[0] == "stream":
+                nchunk, lag = it.rec[F.NCHUNK], it.rec[F.LAG]
+                assert nchunk - 1 <= lag <= nchunk * shape[0], it
+                assert it.grid == 132 * 8
+    it, st = pl((4096, 4096), -1)
+    assert st[:2] == ("colsv", 8) and st[4] == 128, st
+    it, st = pl((1 << 20, 32), -1)
+    assert st[:2] == ("colsv", 8) and st[3] == 8192, st
 
 
 @sim_only
@@ -756,7 +833,7 @@ def test_ticket_order():
     """Every part and finish item gets exactly one ticket, and (lag >= nchunk - 1)
     every finish comes after all of its row's parts: a finish only ever waits on
     items with earlier tickets, which is what guarantees progress."""
-    from wnkernels.cuda._kernels import decode
+    from wnkernels.cuda.kernels._common import decode
     for nrows, nchunk in ((1, 1), (1, 7), (5, 1), (4, 6), (9, 13)):
         np_ = nrows * nchunk
         for lag in sorted({nchunk - 1, nchunk, (np_ + nchunk) // 2, np_}):
@@ -785,9 +862,9 @@ def test_ticket_order():
 # block takes every ticket.  Here the blocks of each launch run concurrently
 # (one Python thread per block manager, each with its own shared memory; started
 # in a shuffled order), so part and finish items interleave across blocks,
-# finishes wait on other blocks' arrivals, and the last-block combine, the
-# published scales and the exit protocol run under real contention.  A launch
-# that has not finished in time is a deadlock.
+# finishes wait on other blocks' arrivals, and the last-block combine and the
+# published scalars run under real contention.  A launch that has not finished
+# in time is a deadlock.
 
 class _ConcurrentBlocks:
     def __init__(self, seed, timeout=600):
@@ -847,26 +924,26 @@ class _ConcurrentBlocks:
 
 
 @sim_only
-@pytest.mark.parametrize("strategy,shape,dim", [("stream", (3, 97), 0),
-                                                ("cols", (33, 12), -1),
+@pytest.mark.parametrize("strategy,shape,dim", [("stream", (3, 97), 0), ("chunks:3", (3, 97), 0),
+                                                ("colsv", (33, 12), -1),
                                                 ("cols", (19, 7), -1)])
 def test_ticketed_kernels_with_concurrent_blocks(strategy, shape, dim, vector_on):
-    """stream and cols with every block of a launch running at once (see above):
-    right results, bitwise the same as sequential blocks, counters left at zero."""
+    """Ticketed strategies with every block of a launch running at once (see
+    above): right results, bitwise the same as sequential blocks."""
     wc.configure(sm_count=1, block=8)
     rng = np.random.default_rng([len(shape), 52])
     v = zoo.random_values(rng, shape, "float32")
-    g = zoo.random_values(rng, flat_g_shape(shape, dim), "float32", "g")
+    g = zoo.g_for(rng, shape, dim, "float32")
     gw = zoo.random_values(rng, shape, "float32", "grad")
     w0, n0 = run_forward(v, g, dim, 0.0, strategy)
     gv0, gg0 = run_backward(gw, v, g, n0, dim, strategy)
-    del vector_on[:]
+    s0, _ = run_scale(v, g, dim, 0.0, strategy)
     for seed in range(2):
         with _ConcurrentBlocks(seed):
             w, n = run_forward(v, g, dim, 0.0, strategy)
             gv, gg = run_backward(gw, v, g, n0, dim, strategy)
+            s, _ = run_scale(v, g, dim, 0.0, strategy)
         assert w.tobytes() == w0.tobytes() and n.tobytes() == n0.tobytes(), seed
         assert gv.tobytes() == gv0.tobytes() and gg.tobytes() == gg0.tobytes(), seed
-        assert not host_of(_launch._WORKSPACES[(0, 0)]["sync"]).any()
-    grids = {k for k, _ in vector_on}
-    assert grids == {f"fwd_{strategy}", f"bwd_{strategy}"}, vector_on
+        assert s.tobytes() == s0.tobytes(), seed
+    assert {c for codes in vector_on for c in codes} == {strategy.split(":")[0]}, vector_on

@@ -29,6 +29,8 @@ class ArrayInfo:
     aligned: bool = True      # the data pointer is a multiple of the itemsize
     native: bool = True       # native byte order (NumPy can hand over others)
     resolve: bool = False     # a torch tensor with the negative bit (read through a copy)
+    stream: Any = None        # GPU: the stream the array's producer names (CUDA array
+                              # interface / numba), if any
 
     @property
     def size(self) -> int:

@@ -1,26 +1,24 @@
 """GPU backend of wnkernels: fused weight-norm kernels written with numba-cuda.
 
-The front end validates arguments and turns every call into a `Layout`
-(``nrows`` rows x ``rowlen`` reduced elements, with per-array element strides);
-this package runs that layout on the caller's GPU arrays in place, on the
-caller's current stream, without host synchronization or host copies.
+The backend protocol (as `wnkernels.cpu`): ``describe(name, x)`` GPU arrays as
+`ArrayInfo` (``claims(x)`` says whether it does), ``compile(plan)`` a planned
+call into an executable, ``empty_cache()``.  Calls run on the caller's arrays
+in place, on the caller's stream, without host synchronization or host copies.
 
 Modules:
 
 * `_interop`  -- recognize GPU arrays (torch, CuPy, numba, CUDA array interface,
-  DLPack), describe them as `ArrayInfo`, allocate outputs, find the stream;
-* `_kernels`  -- the kernels, one factory per strategy, with the precision and
-  determinism rules: scalar ``block`` / ``group`` / ``split`` for any layout;
-  16-byte vector ``regs`` (row held in registers) and ``stream`` (ticketed,
-  L2-aware chunks) for contiguous rows; ``cols`` (ticketed, coalesced along a
-  contiguous kept axis, 16-byte column vectors where aligned);
-* `_vec`      -- the ``ld.global.v4`` / ``st.global.v4`` / ``ld.global.cg``
-  intrinsics (plain Python under the CUDA simulator);
-* `_launch`   -- the plan (strategy, block, chunking), kernel cache, per-stream
-  workspaces, and the launch paths (flat arguments through ``cuda.core``,
-  numba's dispatcher as the fallback and under the CUDA simulator);
-* `_numba`    -- the one import of numba-cuda (with the NumPy 2.5
-  ``row_stack`` fix).
+  DLPack), describe them, allocate outputs, find the stream;
+* `kernels`   -- the kernels, one module per strategy, and the table kernel that
+  runs a list of items (a call, or a grouped call) in one launch;
+* `_plan`     -- a strategy per item, the item table, the launch grid;
+* `_launch`   -- settings (`configure`), kernel cache, per-call workspaces, the
+  launch paths (flat arguments through ``cuda.core``; numba's dispatcher as
+  the fallback and under the CUDA simulator);
+* `_exec`     -- the executables (`CudaCall`, `CudaGroup`);
+* `_vec`      -- ``ld.global.v4`` / ``st.global.v4`` / ``ld.global.cg`` and
+  raw-address arrays (plain Python under the CUDA simulator);
+* `_numba`    -- the one import of numba-cuda.
 
 Importing this package is cheap: numba is imported on the first call that needs
 it, never for CPU arrays.
@@ -31,8 +29,7 @@ from __future__ import annotations
 from ._interop import is_gpu_array, info, empty
 
 __all__ = ["claims", "describe", "compile", "empty_cache", "is_gpu_array", "info", "empty",
-           "ascontiguous", "forward", "backward", "configure", "compile_times",
-           "simulator_active"]
+           "ascontiguous", "configure", "compile_times", "simulator_active"]
 
 
 # ---------------------------------------------------------------- backend protocol
@@ -59,38 +56,11 @@ def compile(plan):
 
 
 def empty_cache() -> None:
-    """Release the per-stream workspaces (partial sums, ticket counters)."""
+    """Release the small device arrays the backend keeps (dummy workspaces)."""
     import sys
     launch = sys.modules.get("wnkernels.cuda._launch")
     if launch is not None:
         launch.empty_cache()
-
-
-def forward(layout, v, g, g_stride, w, norms, eps: float, *, strategy=None) -> None:
-    """Fused forward: ``norms[r] = sqrt(sum v_r^2 + eps)``, ``w = v * (g / norms)``.
-
-    ``layout`` describes arrays ``[v, w]``; ``g`` is read at ``g.ptr + r *
-    g_stride`` elements; ``norms`` is contiguous (float32 for half types).
-    ``strategy`` (testing) forces ``"block"``, ``"group[:G]"``, ``"split[:nchunk]"``,
-    ``"cols[:TX]"``, ``"regs[:G:R]"`` or ``"stream"``; by default it is chosen from
-    the layout (`_launch.plan`).
-    """
-    from . import _launch
-    _launch.forward(layout, v, g, g_stride, w, norms, eps, strategy=strategy)
-
-
-def backward(layout, grad_w, v, g, g_stride, norms, norms_stride, grad_v, grad_g,
-             *, strategy=None) -> None:
-    """Fused backward: ``grad_g = sum(grad_w * v) / norms`` and
-    ``grad_v = (g / norms) * grad_w - (g * grad_g / norms^2) * v``.
-
-    ``layout`` describes arrays ``[v, grad_w, grad_v]``; ``norms`` is read with
-    ``norms_stride`` elements between rows and never recomputed; ``grad_g`` is
-    contiguous, in g's dtype.
-    """
-    from . import _launch
-    _launch.backward(layout, grad_w, v, g, g_stride, norms, norms_stride, grad_v,
-                     grad_g, strategy=strategy)
 
 
 def ascontiguous(a):
@@ -107,11 +77,13 @@ def ascontiguous(a):
 
 
 def configure(**knobs) -> dict:
-    """Set launch knobs (``block``, ``max_block``, ``max_regs``, ``shuffle``,
-    ``cols_tx``, ``cols_steps``, ``stream_vectors``, ``l2_bytes``, ``fast_launch``,
-    ``sm_count``, ``vector``); returns the previous values.  See `_launch.Settings`
-    (``vector``: use the 16-byte vector kernels where the layout allows; on by
-    default on a GPU, off under the simulator)."""
+    """Set launch knobs (``block``, ``max_regs``, ``shuffle``, ``cols_tx``,
+    ``cols_steps``, ``stream_vectors``, ``l2_bytes``, ``fast_launch``,
+    ``sm_count``, ``vector``, ``strategy``); returns the previous values
+    (``configure(**old)`` restores them).  See `_launch.Settings` (``vector``:
+    use the 16-byte vector kernels where the layout allows, on by default on a
+    GPU, off under the simulator; ``strategy``: force one for every item, e.g.
+    ``"regs:8:2"``, ``""`` for the planner's choice).  Cached plans re-plan."""
     from . import _launch
     return _launch.configure(**knobs)
 

@@ -1,10 +1,18 @@
 """The CUDA backend's executables: a compiled `Plan` run on the caller's GPU arrays.
 
-A `CudaCall` binds the arrays of one call (described by `_interop`, the
-caller's current stream), makes the copies the plan asks for (uneven g / norms
-rows, torch's negative bit), checks ``out`` against the inputs, allocates the
-outputs with the planned strides (of the caller's kind, on its device) and
-launches the kernels of `_launch`.  Nothing is copied to or from the host.
+An executable plans its items once (`_plan.plan_item`: a strategy per item),
+lays them out as one launch (`_plan.Launch`) and uploads the item table to the
+device.  Each run binds the call's arrays (described by `_interop`), makes
+the copies the plan asks for (uneven g / norms rows, torch's negative bit),
+checks ``out`` against the inputs, allocates the outputs with the planned
+strides (of the caller's kind, on its device), and launches -- one launch for
+a single call and one for a grouped call (up to `MAX_PTRS` span addresses per
+launch: the parameter space of a kernel is 4 KiB) -- on the caller's stream,
+with no host synchronization and nothing copied to or from the host.
+
+Vector strategies assume the outputs they write start 16-byte aligned (every
+allocator used here aligns to 256 bytes or more); a run whose fresh outputs
+are not takes a plan without vector strategies instead.
 """
 
 from __future__ import annotations
@@ -13,8 +21,12 @@ from .._arrays import ArrayInfo
 from .._dispatch import PyExecutable
 from .. import _planner
 from . import _interop
+from ._launch import Settings, launch, l2_bytes, settings_epoch, sm_count, to_device_table
+from ._plan import Launch, plan_item
 
-__all__ = ["CudaCall", "CudaGroup", "shift"]
+__all__ = ["CudaCall", "CudaGroup", "shift", "MAX_PTRS"]
+
+MAX_PTRS = 480      # span addresses per launch (int64 kernel parameters, < 4 KiB)
 
 
 def shift(info: ArrayInfo, layout, a: int) -> ArrayInfo:
@@ -67,65 +79,115 @@ def _check_out(plan, args, infos):
             return
 
 
-def _alloc(like: ArrayInfo, spec):
-    obj = _interop.empty(like, spec.shape, spec.dtype, spec.strides)
-    return obj, _interop.info(obj)
+def _outputs(plan, like, args):
+    """The call's outputs (objects, infos) in plan order (out= passed through)."""
+    objs, infos = [], []
+    for spec in plan.outputs:
+        if spec.arg is not None:
+            obj = args[spec.arg]
+        else:
+            obj = _interop.empty(like, spec.shape, spec.dtype, spec.strides)
+        objs.append(obj)
+        infos.append(_interop.info(obj))
+    return objs, infos
 
 
-class CudaCall(PyExecutable):
+def _like(plan, infos):
+    return infos[1] if plan.op == _planner.BACKWARD else infos[0]
+
+
+class _Compiled:
+    """One planned launch list: the launches, their device tables, the stream-
+    independent kernel key."""
+
+    def __init__(self, plans, like, vector):
+        S = Settings
+        dev = like.device[1]
+        nsm, l2 = sm_count(dev), l2_bytes(dev)
+        saved = S.vector
+        S.vector = vector and saved
+        try:
+            items = [plan_item(p, S, nsm, l2, S.strategy) for p in plans]
+        finally:
+            S.vector = saved
+        npa = len(items[0].roles) if items else 1
+        per = max(MAX_PTRS // npa, 1)
+        self.launches = []
+        for k in range(0, len(items), per):
+            chunk = items[k:k + per]
+            slots = 1 << max(len(chunk) - 1, 0).bit_length() if len(chunk) > 1 else 1
+            lau = Launch(chunk, slots=min(slots, per))
+            tab = to_device_table(like, lau.tab) if lau.nitems else None
+            self.launches.append((k, len(chunk), lau, tab))
+        self.vector = any(lau.vector for _, _, lau, _ in self.launches)
+        self.key = (plans[0].op if plans else 0, plans[0].dtype if plans else "float32",
+                    S.block, S.shuffle)
+        self.epoch = settings_epoch()
+
+
+def _aligned(infos) -> bool:
+    return all(i is None or i.ptr % 16 == 0 for i in infos)
+
+
+class _Runner(PyExecutable):
+    """Shared state: the compiled launches (vector and, lazily, scalar-only)."""
+
+    def _state(self, plans, like, aligned):
+        st = getattr(self, "_st", None)
+        if st is None or st[0].epoch != settings_epoch():
+            st = self._st = [_Compiled(plans, like, True), None]
+        if not aligned and st[0].vector:
+            if st[1] is None:
+                st[1] = _Compiled(plans, like, False)
+            return st[1]
+        return st[0]
+
+
+class CudaCall(_Runner):
     """One compiled call on GPU arrays."""
 
     def execute(self, args, descs, ptrs, eps):
         plan = self.plan
         infos = _infos(plan, args, descs)
-        lay = plan.layout
-        if plan.op == _planner.FORWARD:
-            vi, gi, oi = infos
-            _check_out(plan, args, infos)
-            if oi is None:
-                w, oi = _alloc(vi, plan.outputs[0])
-            else:
-                w = args[2]
-            norms, ni = _alloc(vi, plan.outputs[1])
-            if lay.nrows:
-                from ._launch import forward
-                forward(lay, shift(vi, lay, 0), gi, plan.g_stride, shift(oi, lay, 1), ni, eps)
-            return w, norms
-        if plan.op == _planner.BACKWARD:
-            gwi, vi, gi, ni = infos
-            grad_v, gvi = _alloc(vi, plan.outputs[0])
-            grad_g, ggi = _alloc(vi, plan.outputs[1])
-            if lay.nrows:
-                from ._launch import backward
-                backward(lay, shift(gwi, lay, 1), shift(vi, lay, 0), gi, plan.g_stride, ni,
-                         plan.n_stride, shift(gvi, lay, 2), ggi)
-            return grad_v, grad_g
-        vi, gi = infos
-        scale, si = _alloc(vi, plan.outputs[0])
-        norms, ni = _alloc(vi, plan.outputs[1])
-        if lay.nrows:
-            from ._launch import row_scale
-            row_scale(lay, shift(vi, lay, 0), gi, plan.g_stride, si, ni, eps)
-        return scale, norms
+        like = _like(plan, infos)
+        _check_out(plan, args, infos)
+        objs, oinfos = _outputs(plan, like, args)
+        comp = self._state([plan], like, _aligned(
+            [oi for spec, oi in zip(plan.outputs, oinfos) if spec.arg is None]))
+        data = {("arg", k): (i.ptr if i is not None else 0) for k, i in enumerate(infos)}
+        data.update({("out", j): oi.ptr for j, oi in enumerate(oinfos)})
+        handle = _interop.stream_handle(like)
+        _run(comp, [data], like, handle, eps)
+        return objs[0], objs[1]
 
 
-class CudaGroup(PyExecutable):
+class CudaGroup(_Runner):
     """A compiled grouped call on GPU arrays: one launch for the group."""
 
     def execute(self, args, descs, ptrs, eps):
-        from ._launch import run_group
         plan = self.plan
         na = 4 if plan.op == _planner.BACKWARD else 2
-        items = []
-        outs = []
+        datas, outs, fresh, like = [], [], [], None
         for i, p in enumerate(plan.items):
             a = args[i * na:(i + 1) * na]
             d = descs[i * na:(i + 1) * na] if descs is not None else None
             infos = _infos(p, a, d)
-            like = infos[1] if p.op == _planner.BACKWARD else infos[0]
-            o0, i0 = _alloc(like, p.outputs[0])
-            o1, i1 = _alloc(like, p.outputs[1])
-            outs.append((o0, o1))
-            items.append((p, infos, i0, i1))
-        run_group(plan.op, items, eps)
+            lk = _like(p, infos)
+            like = like or lk
+            objs, oinfos = _outputs(p, lk, a)
+            outs.append((objs[0], objs[1]))
+            fresh += oinfos
+            data = {("arg", k): (x.ptr if x is not None else 0) for k, x in enumerate(infos)}
+            data.update({("out", j): oi.ptr for j, oi in enumerate(oinfos)})
+            datas.append(data)
+        if like is not None:
+            comp = self._state(list(plan.items), like, _aligned(fresh))
+            _run(comp, datas, like, _interop.stream_handle(like), eps)
         return outs
+
+
+def _run(comp, datas, like, handle, eps):
+    """Every launch of ``comp``; ``datas``: per item, its data pointers."""
+    for k, n, lau, tab in comp.launches:
+        if lau.nitems:
+            launch(lau, comp.key, lau.ptrs(datas[k:k + n]), tab, like, handle, eps)

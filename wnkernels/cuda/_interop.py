@@ -5,10 +5,12 @@ Kinds and what they map to:
     kind          recognized by                          stream used        new arrays
     torch-cuda    torch.Tensor with .is_cuda             torch current      torch.empty
     cupy          cupy.ndarray                           cupy current       cupy.empty
-    numba         numba device arrays (and the CUDA      default            numba device_array
-                  simulator's FakeCUDAArray)
-    cai           any __cuda_array_interface__ object    default            numba device_array
-    dlpack        __dlpack__ with a CUDA __dlpack_device__ default          numba device_array
+    numba         numba device arrays (and the CUDA      the array's own    numba device_array
+                  simulator's FakeCUDAArray)             (.stream)
+    cai           any __cuda_array_interface__ object    the one it names   numba device_array
+                                                         (else legacy)
+    dlpack        __dlpack__ with a CUDA __dlpack_device__ legacy default   numba device_array
+                                                         (passed to __dlpack__)
 
 torch tensors are described from ``data_ptr()``/``stride()`` (torch's
 ``__cuda_array_interface__`` cannot carry bfloat16); DLPack capsules are read with
@@ -24,7 +26,8 @@ import ctypes
 
 from .._arrays import ArrayInfo
 
-__all__ = ["ArrayInfo", "is_gpu_array", "info", "empty", "stream_handle"]
+__all__ = ["ArrayInfo", "is_gpu_array", "info", "empty", "zeros", "to_device",
+           "stream_handle"]
 
 # DLPack device types that are device memory the kernels can address.
 _DL_CUDA = (2, 13)          # kDLCUDA, kDLCUDAManaged
@@ -163,7 +166,7 @@ def _cai_info(x) -> ArrayInfo:
     name = _np_dtype_name(dt) if dt.kind != "V" else f"void{8 * isz}"
     return ArrayInfo(obj=x, kind="cai", device=("cuda", _pointer_device(ptr)),
                      shape=shape, strides=strides, dtype=name, itemsize=isz,
-                     ptr=ptr, readonly=bool(readonly))
+                     ptr=ptr, readonly=bool(readonly), stream=cai.get("stream"))
 
 
 class _DLDevice(ctypes.Structure):
@@ -184,7 +187,18 @@ class _DLTensor(ctypes.Structure):
 
 
 def _dlpack_info(x) -> ArrayInfo:
-    capsule = x.__dlpack__()
+    capsule = None
+    try:
+        on_gpu = int(x.__dlpack_device__()[0]) in _DL_CUDA
+    except Exception:
+        on_gpu = False
+    if on_gpu:   # the kernels run on the legacy default stream: the producer syncs to it
+        try:
+            capsule = x.__dlpack__(stream=_LEGACY)
+        except TypeError:                 # a producer without the stream argument
+            pass
+    if capsule is None:
+        capsule = x.__dlpack__()
     get = ctypes.pythonapi.PyCapsule_GetPointer
     get.restype = ctypes.c_void_p
     get.argtypes = [ctypes.py_object, ctypes.c_char_p]
@@ -268,8 +282,17 @@ def _numba_empty(ordinal, shape, dt, strides):
 
 # ---------------------------------------------------------------- streams
 
+# CU_STREAM_LEGACY: the legacy default stream, as the CUDA array interface and
+# DLPack name it (1); 2 is the per-thread default stream.
+_LEGACY = 1
+
+
 def stream_handle(a: ArrayInfo) -> int:
-    """The caller's current stream for ``a``'s kind (0: the default stream)."""
+    """The stream to run on for ``a``'s kind: torch's / CuPy's current stream; a
+    numba array's own stream (0: the default stream); the stream a CUDA array
+    interface names (the legacy default stream when it names none); the legacy
+    default stream for DLPack objects (whose producers were asked to make their
+    work visible to it, `_dlpack_info`)."""
     if a.kind == "torch-cuda":
         import torch
         return int(torch.cuda.current_stream(a.obj.device).cuda_stream)
@@ -277,4 +300,49 @@ def stream_handle(a: ArrayInfo) -> int:
         import cupy
         with cupy.cuda.Device(a.device[1]):
             return int(cupy.cuda.get_current_stream().ptr)
-    return 0
+    if a.kind == "numba":
+        s = getattr(a.obj, "stream", 0)
+        return int(s) if s else 0
+    if a.kind == "cai":
+        return int(a.stream) if a.stream is not None else _LEGACY
+    return _LEGACY
+
+
+def to_device(like: ArrayInfo, host):
+    """A copy of the NumPy array ``host`` in device memory of ``like``'s kind and
+    device (synchronous: small tables, once per plan)."""
+    import numpy as np
+    host = np.ascontiguousarray(host)
+    if like.kind == "torch-cuda":
+        import torch
+        return torch.from_numpy(host).to(like.obj.device)
+    if like.kind == "cupy":
+        import cupy
+        with cupy.cuda.Device(like.device[1]):
+            return cupy.asarray(host)
+    from ._numba import cuda, SIM
+    if SIM or like.device[1] == 0:
+        return cuda.to_device(host)
+    with cuda.gpus[like.device[1]]:
+        return cuda.to_device(host)
+
+
+def zeros(like: ArrayInfo, shape, dtype: str, handle: int):
+    """A zeroed array of ``like``'s kind and device, the zeroing ordered on stream
+    ``handle`` (so it is captured with the kernel in a CUDA graph)."""
+    if like.kind == "torch-cuda":
+        import torch
+        return torch.zeros(tuple(shape), dtype=getattr(torch, dtype), device=like.obj.device)
+    if like.kind == "cupy":
+        import cupy
+        with cupy.cuda.Device(like.device[1]):
+            return cupy.zeros(tuple(shape), dtype=dtype)
+    from ._numba import cuda, SIM
+    arr = empty(like, shape, dtype)
+    if SIM:
+        arr._ary[...] = 0
+        return arr
+    from numba.cuda.cudadrv.driver import device_memset
+    stream = cuda.external_stream(handle) if handle else 0
+    device_memset(arr, 0, arr.nbytes, stream=stream)
+    return arr

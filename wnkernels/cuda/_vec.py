@@ -20,6 +20,8 @@ correct by construction; ptxas still schedules the resulting loads freely.
 
 ``ldcg(a, i)`` reads one float32 / float64 element through L2 only (see its
 docstring): the stream kernels read other blocks' partial sums with it.
+``span_at(addr, n, dtype)`` makes an array of a raw device address (the table
+kernels' arrays arrive as addresses).
 
 Under the CUDA simulator they are plain Python functions that read / write the
 ``W`` consecutive elements one by one, and check the alignment that the real
@@ -32,7 +34,7 @@ import numpy as np
 
 from ._numba import SIM
 
-__all__ = ["vload", "vstore", "ldcg", "width"]
+__all__ = ["vload", "vstore", "ldcg", "span_at", "width"]
 
 
 def width(itemsize: int) -> int:
@@ -71,11 +73,21 @@ if SIM:
 
     def ldcg(a, i):
         return a[i]
+
+    def span_at(addr, n, dtype):
+        """The n elements of ``dtype`` at ``addr`` (host memory under the simulator)."""
+        import ctypes
+        dt = np.dtype(dtype)
+        if n <= 0 or not addr:
+            return np.zeros(0, dt)
+        return np.frombuffer((ctypes.c_uint8 * (int(n) * dt.itemsize)).from_address(int(addr)),
+                             dt, int(n))
 else:
     from llvmlite import ir
     from numba.cuda import cgutils, types
     from numba.cuda.extending import intrinsic
     from numba.cuda.core.errors import NumbaTypeError
+    from numba.cuda.np.arrayobj import populate_array
 
     _I32 = ir.IntType(32)
     _V4 = ir.VectorType(_I32, 4)
@@ -169,3 +181,28 @@ else:
             return context.get_dummy_value()
 
         return types.void(array, index, values), codegen
+
+    @intrinsic
+    def span_at(typingctx, addr, n, dtype):
+        """The 1-D C-contiguous array of ``n`` elements of ``dtype`` (a NumPy scalar
+        type) at device address ``addr`` (an int64): how a kernel reads the arrays
+        of a table item, whose addresses arrive as kernel parameters."""
+        if not isinstance(dtype, types.NumberClass):
+            raise NumbaTypeError(f"span_at: dtype must be a NumPy scalar type, got {dtype}")
+        if not (isinstance(addr, types.Integer) and isinstance(n, types.Integer)):
+            raise NumbaTypeError("span_at: address and length must be integers")
+        dt = dtype.instance_type
+        arrty = types.Array(dt, 1, "C")
+
+        def codegen(context, builder, sig, args):
+            a, nn, _ = args
+            ety = context.get_data_type(dt)
+            ptr = builder.inttoptr(a, ety.as_pointer())
+            ary = context.make_array(arrty)(context, builder)
+            isz = context.get_constant(types.intp, context.get_abi_sizeof(ety))
+            nn = context.cast(builder, nn, sig.args[1], types.intp)
+            populate_array(ary, data=ptr, shape=[nn], strides=[isz], itemsize=isz,
+                           meminfo=None)
+            return ary._getvalue()
+
+        return arrty(addr, n, dtype), codegen
