@@ -185,14 +185,21 @@ static int64_t wn_call_bytes(const wn_call *c)
     return L->nrows * L->rowlen * wn_itemsize[c->dtype] * (c->op == WN_BACKWARD ? 2 : 1);
 }
 
-/* Streaming stores pay off when the output is large and has a contiguous
- * axis the strategy writes along (the kept axis in column mode). */
-static int wn_stream_ok(const wn_call *c)
+/* Streaming stores pay off when the output cannot stay cached for its
+ * reader and has a contiguous axis the strategy writes along (the kept axis
+ * in column mode).  A single call's output is read right after the call (by
+ * the layer that uses w), so it streams only when it is itself larger than
+ * the last-level cache.  A grouped call's outputs are read only after the
+ * whole group has run, so there it is the bytes the whole table moves
+ * (`table_bytes`, inputs and outputs) that decide.  Stores never change a
+ * result's bits, so an item computes the same alone and in a group. */
+static int wn_stream_ok(const wn_call *c, int64_t table_bytes)
 {
     const wn_layout *L = c->layout;
     const int out = c->op == WN_BACKWARD ? 2 : 1;
+    const int64_t thr = wn_get_stream_threshold();
     if (c->op == WN_ROW_SCALE) return 0;
-    if (L->nrows * L->rowlen * wn_itemsize[c->dtype] < wn_get_stream_threshold()) return 0;
+    if (L->nrows * L->rowlen * wn_itemsize[c->dtype] < thr && table_bytes < thr) return 0;
     if (wn_use_columns(L)) return L->kept_stride[out][L->kept_ndim - 1] == 1;
     return L->red_ndim >= 1 && L->red_stride[out][L->red_ndim - 1] == 1;
 }
@@ -200,7 +207,7 @@ static int wn_stream_ok(const wn_call *c)
 /* A call's task: its strategy and geometry for a team of nth threads.
  * `colscr`: whether per-thread column scratch of full width exists. */
 static void wn_prepare(const wn_call *c, int nth, int colscr, const wn_entry *e,
-                       wn_task *t)
+                       int64_t table_bytes, wn_task *t)
 {
     const wn_layout *L = c->layout;
     const int64_t isz = wn_itemsize[c->dtype];
@@ -209,7 +216,7 @@ static void wn_prepare(const wn_call *c, int nth, int colscr, const wn_entry *e,
     t->c = c;
     t->units = e->units;
     t->team = e->team;
-    t->nt = wn_stream_ok(c);
+    t->nt = wn_stream_ok(c, table_bytes);
     if (wn_use_columns(L)) {
         t->cg = wn_colgeom_make(L, isz, nin, wn_col_budget,
                                 colscr ? WN_COLBLK : WN_COLBLK_MIN);
@@ -299,13 +306,16 @@ int wn_run(const wn_call *calls, int64_t ncalls, int nthreads)
         }
     }
     /* Team size from the bytes of the whole table. */
-    int64_t bytes = 0;
+    int64_t bytes = 0, moved = 0;
     int anycols = 0;
     for (int64_t i = 0; i < ncalls; i++) {
-        if (calls[i].layout->nrows <= 0) continue;
+        const wn_layout *L = calls[i].layout;
+        if (L->nrows <= 0) continue;
         bytes += wn_call_bytes(&calls[i]);
-        anycols |= wn_use_columns(calls[i].layout);
+        if (calls[i].op != WN_ROW_SCALE) moved += L->nrows * L->rowlen * wn_itemsize[calls[i].dtype];
+        anycols |= wn_use_columns(L);
     }
+    moved = ncalls > 1 ? moved + bytes : 0;    /* a group's traffic (see wn_stream_ok) */
     int64_t useful = bytes / WN_BYTES_PER_THREAD;
     if (useful < 1) useful = 1;
     const int nth = wn_team_threads(nthreads < useful ? nthreads : (int)useful);
@@ -318,7 +328,7 @@ int wn_run(const wn_call *calls, int64_t ncalls, int nthreads)
     for (int64_t i = 0; i < ncalls; i++) {
         if (calls[i].layout->nrows <= 0) continue;
         wn_task *t = &tasks[ntask];
-        wn_prepare(&calls[i], nth, scratch != NULL, &row[calls[i].dtype], t);
+        wn_prepare(&calls[i], nth, scratch != NULL, &row[calls[i].dtype], moved, t);
         if (t->mode == WN_MODE_SPLIT || t->mode == WN_MODE_COLS_SPLIT) {
             t->nunits = 0;
         } else {

@@ -114,6 +114,31 @@ def test_tuning_knobs_do_not_change_bits(knob, values):
             assert a.tobytes() == b.tobytes()
 
 
+def test_a_group_larger_than_the_cache_streams_with_the_same_bits():
+    """A grouped call's outputs stream once the whole table's traffic passes the
+    threshold, even when every item alone is below it: the bits stay those of
+    the per-tensor calls (which, each below the threshold, do not stream)."""
+    rng = np.random.default_rng(11)
+    shapes = [(33, 17), (64, 1, 7), (5, 300), (128, 9, 3), (7, 1)]
+    vs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    gs = [rng.standard_normal((s[0],)).astype(np.float32) for s in shapes]
+    gws = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    moved = sum(2 * v.nbytes for v in vs)
+    before = _cpu.get_stream_threshold()
+    try:
+        _cpu.set_stream_threshold(max(v.nbytes for v in vs) * 2 + 1)
+        assert moved >= _cpu.get_stream_threshold()
+        many = wnkernels.weight_norm_many(vs, gs)
+        back = wnkernels.weight_norm_backward_many(gws, vs, gs, [n for _, n in many])
+    finally:
+        _cpu.set_stream_threshold(before)
+    for k in range(len(shapes)):
+        w, n = wnkernels.weight_norm(vs[k], gs[k])
+        gv, gg = wnkernels.weight_norm_backward(gws[k], vs[k], gs[k], n)
+        for a, b in ((many[k][0], w), (many[k][1], n), (back[k][0], gv), (back[k][1], gg)):
+            assert a.tobytes() == b.tobytes(), shapes[k]
+
+
 def test_reused_buffers_never_alias_live_results():
     wnkernels.empty_cache()              # only this test's buffers in the pool
     v = np.random.default_rng(1).standard_normal((1024, 512)).astype(np.float32)
