@@ -26,7 +26,7 @@ import numpy as np
 
 from ._arrays import ArrayInfo
 from ._dtypes import DTYPES, NAMES
-from ._layout import Layout, make_layout, normalize_dim
+from ._layout import make_layout, normalize_dim
 
 __all__ = ["FORWARD", "BACKWARD", "ROW_SCALE", "OP_NAMES", "Plan", "GroupPlan",
            "OutSpec", "describe", "check_eps", "plan_call", "plan_group",

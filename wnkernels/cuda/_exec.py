@@ -24,20 +24,9 @@ from . import _interop
 from ._launch import Settings, launch, l2_bytes, settings_epoch, sm_count, to_device_table
 from ._plan import Launch, plan_item
 
-__all__ = ["CudaCall", "CudaGroup", "shift", "MAX_PTRS"]
+__all__ = ["CudaCall", "CudaGroup", "MAX_PTRS"]
 
 MAX_PTRS = 480      # span addresses per launch (int64 kernel parameters, < 4 KiB)
-
-
-def shift(info: ArrayInfo, layout, a: int) -> ArrayInfo:
-    """``info`` with ptr moved to (row 0, element 0) of layout array ``a``."""
-    off = layout.offsets[a]
-    if not off:
-        return info
-    return ArrayInfo(obj=info.obj, kind=info.kind, device=info.device,
-                     shape=info.shape, strides=info.strides, dtype=info.dtype,
-                     itemsize=info.itemsize, ptr=info.ptr + off * info.itemsize,
-                     readonly=info.readonly, base=info.base)
 
 
 def _contiguous(info: ArrayInfo) -> ArrayInfo:
@@ -90,6 +79,13 @@ def _outputs(plan, like, args):
         objs.append(obj)
         infos.append(_interop.info(obj))
     return objs, infos
+
+
+def _data(infos, oinfos):
+    """An item's data pointers by source (`_plan`'s ("arg", k) / ("out", j))."""
+    data = {("arg", k): (i.ptr if i is not None else 0) for k, i in enumerate(infos)}
+    data.update({("out", j): oi.ptr for j, oi in enumerate(oinfos)})
+    return data
 
 
 def _like(plan, infos):
@@ -154,10 +150,7 @@ class CudaCall(_Runner):
         objs, oinfos = _outputs(plan, like, args)
         comp = self._state([plan], like, _aligned(
             [oi for spec, oi in zip(plan.outputs, oinfos) if spec.arg is None]))
-        data = {("arg", k): (i.ptr if i is not None else 0) for k, i in enumerate(infos)}
-        data.update({("out", j): oi.ptr for j, oi in enumerate(oinfos)})
-        handle = _interop.stream_handle(like)
-        _run(comp, [data], like, handle, eps)
+        _run(comp, [_data(infos, oinfos)], like, _interop.stream_handle(like), eps)
         return objs[0], objs[1]
 
 
@@ -177,9 +170,7 @@ class CudaGroup(_Runner):
             objs, oinfos = _outputs(p, lk, a)
             outs.append((objs[0], objs[1]))
             fresh += oinfos
-            data = {("arg", k): (x.ptr if x is not None else 0) for k, x in enumerate(infos)}
-            data.update({("out", j): oi.ptr for j, oi in enumerate(oinfos)})
-            datas.append(data)
+            datas.append(_data(infos, oinfos))
         if like is not None:
             comp = self._state(list(plan.items), like, _aligned(fresh))
             _run(comp, datas, like, _interop.stream_handle(like), eps)

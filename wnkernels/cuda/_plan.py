@@ -16,7 +16,7 @@ import numpy as np
 
 from .._planner import BACKWARD, FORWARD, ROW_SCALE
 from ._vec import width
-from .kernels import (CODE, Fields, INDEPENDENT, LAYOUT, ROLES, TICKETED, norm_dtype,
+from .kernels import (CODE, Fields, INDEPENDENT, LAYOUT, ROLES, norm_dtype,
                       storage_dtype)
 from .kernels._regs import R_CHOICES
 

@@ -78,20 +78,13 @@ def _make(env, VW):
     NCHUNK, CHUNK, LAG, POFF, SOFF = (Fields.NCHUNK, Fields.CHUNK, Fields.LAG, Fields.POFF,
                                       Fields.SOFF)
     spans, bases, dims = env.spans, env.bases, env.dims
-    off1, off2, off3, decode = env.off1, env.off2, env.off3, env.decode
-    store, fwd_scalars, bwd_scalars = env.store, env.fwd_scalars, env.bwd_scalars
+    off1, off2, off3 = env.off1, env.off2, env.off3
+    fwd_scalars, bwd_scalars = env.fwd_scalars, env.bwd_scalars
     scale_out = env.scale_out
-    first, prefetch, take, arrive, publish, wait, _ = protocol(env)
+    ticket, first, prefetch, take, arrive, publish, wait, _ = protocol(env)
     czero, cload, cstore, cput, cparts, cscales, cadd, csq, cdot, cscale, cgrad = \
         _helpers(env, VW)
     IS_SCALE = env.op == ROW_SCALE
-
-    @device
-    def ticket(tk, np_, lag, nchunk):
-        if IS_SCALE:
-            r = tk // nchunk
-            return False, r, tk - r * nchunk
-        return decode(tk, np_, lag, nchunk)
 
     @device
     def ccombine(part, base, n, nchunk, sh, t, ty, TY, CB):
@@ -201,12 +194,8 @@ def _make(env, VW):
         nrows, rowlen, gs = tab[o + NROWS], tab[o + ROWLEN], tab[o + GS]
         TX, nchunk, chunk, lag = tab[o + LANES], tab[o + NCHUNK], tab[o + CHUNK], tab[o + LAG]
         po, so = tab[o + POFF], tab[o + SOFF]
-        if IS_SCALE:
-            v, g, w, norms = spans(ptrs, tab, i)       # w: the per-row scales
-            vb, gb, wb, nb = bases(tab, i)
-        else:
-            v, w, g, norms = spans(ptrs, tab, i)
-            vb, wb, gb, nb = bases(tab, i)
+        v, w, g, norms = spans(ptrs, tab, i)           # row scale: w is the scales
+        vb, wb, gb, nb = bases(tab, i)
         ks, vks, wks, rs, vrs, wrs = dims(tab, i)
         TY = B // TX
         CB = TX * VW

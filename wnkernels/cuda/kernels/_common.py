@@ -87,9 +87,10 @@ def vec_width(dtype: str) -> int:
 
 # Operation codes (wnkernels._planner's, csrc/wn.h's).
 FORWARD, BACKWARD, ROW_SCALE = 0, 1, 2
-# The arrays of an item, in ``ptrs`` order.
+# The arrays of an item, in ``ptrs`` order (row scale's per-row "scale" output
+# stands where the forward's w does, so both unpack their spans alike).
 ROLES = {FORWARD: ("v", "w", "g", "norms"),
-         ROW_SCALE: ("v", "g", "scale", "norms"),
+         ROW_SCALE: ("v", "scale", "g", "norms"),
          BACKWARD: ("grad_w", "v", "grad_v", "g", "norms", "grad_g")}
 # The layout arrays (rows x elements, strided) of each op, in layout order, by role
 # (row scale: the forward's layout; its "w" is never written, nor passed).

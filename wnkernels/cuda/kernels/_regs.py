@@ -40,9 +40,8 @@ def _source(bwd: bool, scale_op: bool, R: int) -> str:
                 "        vo += vb\n        go += gwb\n        qo += gvb\n")
         zero_offs = "    vo = 0\n    go = 0\n    qo = 0\n"
     else:
-        roles = ("    v, g, w, norms = spans(ptrs, tab, i)\n    vb, gb, wb, nb = bases(tab, i)\n"
-                 if scale_op else
-                 "    v, w, g, norms = spans(ptrs, tab, i)\n    vb, wb, gb, nb = bases(tab, i)\n")
+        # (row scale: w is the per-row scales)
+        roles = "    v, w, g, norms = spans(ptrs, tab, i)\n    vb, wb, gb, nb = bases(tab, i)\n"
         head = ("def regs(ptrs, tab, i, unit, eps, sh, shi, t):\n"
                 "    o = i * TS\n"
                 "    nrows, rowlen, gs = tab[o + NROWS], tab[o + ROWLEN], tab[o + GS]\n"

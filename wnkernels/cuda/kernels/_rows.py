@@ -72,12 +72,8 @@ def make(env):
         o = i * TS
         nrows, rowlen = tab[o + NROWS], tab[o + ROWLEN]
         gs, G = tab[o + GS], tab[o + LANES]
-        if IS_SCALE:
-            v, g, w, norms = spans(ptrs, tab, i)     # w: the per-row scales
-            vb, gb, wb, nb = bases(tab, i)
-        else:
-            v, w, g, norms = spans(ptrs, tab, i)
-            vb, wb, gb, nb = bases(tab, i)
+        v, w, g, norms = spans(ptrs, tab, i)         # row scale: w is the scales
+        vb, wb, gb, nb = bases(tab, i)
         ks, vks, wks, rs, vrs, wrs = dims(tab, i)
         lane = t % G
         r = unit * (B // G) + t // G

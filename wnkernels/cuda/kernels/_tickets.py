@@ -38,7 +38,16 @@ __all__ = ["make", "protocol"]
 def protocol(env):
     """The ticket protocol's device functions for env (shared with `_cols`)."""
     B, A = env.B, env.A
-    ldcg, pause, block_sum = env.ldcg, env.pause, env.block_sum
+    ldcg, pause, block_sum, decode = env.ldcg, env.pause, env.block_sum, env.decode
+    IS_SCALE = env.op == ROW_SCALE
+
+    @device
+    def ticket(tk, np_, lag, nchunk):
+        """(finish?, row, chunk) of ticket tk (row scale: parts only, in order)."""
+        if IS_SCALE:
+            r = tk // nchunk
+            return False, r, tk - r * nchunk
+        return decode(tk, np_, lag, nchunk)
 
     @device
     def first(sync, so, shi, t):
@@ -101,7 +110,7 @@ def protocol(env):
             q += B
         return block_sum(sh, acc, t)
 
-    return first, prefetch, take, arrive, publish, wait, combine
+    return ticket, first, prefetch, take, arrive, publish, wait, combine
 
 
 def make(env):
@@ -118,20 +127,12 @@ def make(env):
     vload, vstore, ldcg = env.vload, env.vstore, env.ldcg
     vsumsq, vdot, vscale, vgrad = env.vsumsq, env.vdot, env.vscale, env.vgrad
     spans, bases, dims = env.spans, env.bases, env.dims
-    off1, off2, off3, decode = env.off1, env.off2, env.off3, env.decode
+    off1, off2, off3 = env.off1, env.off2, env.off3
     block_sum, fwd_scalars, bwd_scalars = env.block_sum, env.fwd_scalars, env.bwd_scalars
     scale_out = env.scale_out
-    first, prefetch, take, arrive, publish, wait, combine = protocol(env)
+    ticket, first, prefetch, take, arrive, publish, wait, combine = protocol(env)
     row_head = make_row_head(W)
     IS_SCALE = env.op == ROW_SCALE
-
-    @device
-    def ticket(tk, np_, lag, nchunk):
-        """(finish?, row, chunk) of ticket tk (row scale: parts only, in order)."""
-        if IS_SCALE:
-            r = tk // nchunk
-            return False, r, tk - r * nchunk
-        return decode(tk, np_, lag, nchunk)
 
     # ---------------------------------------- contiguous segments, 16-byte vectors
     # Elements [s, e) of a row whose element 0 is at index o: the < W scalar head
@@ -146,6 +147,17 @@ def make(env):
         e = min(hd + (c + 1) * chunk, rowlen)
         s = 0 if c == 0 else a
         return s, a, e
+
+    @device
+    def vbounds(ph, vo, c, chunk, rowlen):
+        """`chunk_bounds` of chunk c of the row at vo (``stream``: 16-byte phase ph)."""
+        return chunk_bounds(row_head(ph, vo, rowlen), c, chunk, rowlen)
+
+    @device
+    def sbounds(ph, vo, c, chunk, rowlen):
+        """(s, a, e) of chunk c with scalar access (``chunks``: no head)."""
+        s = c * chunk
+        return s, s, min(s + chunk, rowlen)
 
     @device
     def seg_sumsq(v, o, s, a, e, lane, step):
@@ -258,6 +270,8 @@ def make(env):
 
     if env.op == BACKWARD:
         def make_bwd(vector):
+            bounds = vbounds if vector else sbounds
+
             @device
             def item(ptrs, tab, i, part, sync, eps, sh, shi, t):
                 o = i * TS
@@ -276,12 +290,7 @@ def make(env):
                     vo += vb
                     go += gwb
                     qo += gvb
-                    if vector:
-                        s, a, e = chunk_bounds(row_head(ph, vo, rowlen), c, chunk, rowlen)
-                    else:
-                        s = c * chunk
-                        a = s
-                        e = min(s + chunk, rowlen)
+                    s, a, e = bounds(ph, vo, c, chunk, rowlen)
                     if not fin:
                         if vector:
                             acc = seg_dot(gw, go, v, vo, s, a, e, t, B)
@@ -311,18 +320,16 @@ def make(env):
         return {"stream": make_bwd(True), "chunks": make_bwd(False)}
 
     def make_fwd(vector):
+        bounds = vbounds if vector else sbounds
+
         @device
         def item(ptrs, tab, i, part, sync, eps, sh, shi, t):
             o = i * TS
             nrows, rowlen, gs = tab[o + NROWS], tab[o + ROWLEN], tab[o + GS]
             ph, nchunk, chunk, lag = tab[o + PH], tab[o + NCHUNK], tab[o + CHUNK], tab[o + LAG]
             po, so = tab[o + POFF], tab[o + SOFF]
-            if IS_SCALE:
-                v, g, w, norms = spans(ptrs, tab, i)    # w: the per-row scales
-                vb, gb, wb, nb = bases(tab, i)
-            else:
-                v, w, g, norms = spans(ptrs, tab, i)
-                vb, wb, gb, nb = bases(tab, i)
+            v, w, g, norms = spans(ptrs, tab, i)        # row scale: w is the scales
+            vb, wb, gb, nb = bases(tab, i)
             ks, vks, wks, rs, vrs, wrs = dims(tab, i)
             np_ = nrows * nchunk
             ntk = np_ if IS_SCALE else 2 * np_
@@ -333,12 +340,7 @@ def make(env):
                 vo, wo = off2(r, ks, vks, wks)
                 vo += vb
                 wo += wb
-                if vector:
-                    s, a, e = chunk_bounds(row_head(ph, vo, rowlen), c, chunk, rowlen)
-                else:
-                    s = c * chunk
-                    a = s
-                    e = min(s + chunk, rowlen)
+                s, a, e = bounds(ph, vo, c, chunk, rowlen)
                 if not fin:
                     if vector:
                         acc = seg_sumsq(v, vo, s, a, e, t, B)
