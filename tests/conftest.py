@@ -20,6 +20,9 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
 
 def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "error")
+    # raised inside torch's own Inductor (torch 2.13), not by wnkernels
+    config.addinivalue_line(
+        "filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
     config.addinivalue_line("markers", "slow: takes seconds; deselect with -m 'not slow'")
     config.addinivalue_line("markers", "simulator: runs in-process under NUMBA_ENABLE_CUDASIM=1")
     config.addinivalue_line("markers", "simulator_wrapper: runs the simulator tests in a subprocess")
