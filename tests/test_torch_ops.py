@@ -73,6 +73,12 @@ def test_gradcheck_float64(shape, dims):
     assert torch.autograd.gradcheck(lambda v, g: wt.weight_norm_fn(v, g, dim)[0], (v, g))
     assert torch.autograd.gradgradcheck(lambda v, g: wt.weight_norm_fn(v, g, dim)[0], (v, g))
     assert torch.autograd.gradcheck(lambda v, g: wt.row_scale_fn(v, g, dim)[0], (v, g))
+    # the ops' own autograd (what torch.compile traces), not only the eager path
+    assert torch.autograd.gradcheck(lambda v, g: OPS.weight_norm(v, g, dims, 0.0, False)[0],
+                                    (v, g))
+    assert torch.autograd.gradgradcheck(
+        lambda v, g: OPS.weight_norm(v, g, dims, 0.0, False)[0], (v, g))
+    assert torch.autograd.gradcheck(lambda v, g: OPS.row_scale(v, g, dims, 0.0)[0], (v, g))
     assert torch.autograd.gradcheck(
         lambda v, g: wt.weight_norm_fn(v, g, dim, eps=0.5)[0], (v, g))
     n = wt.weight_norm_fn(v, g, dim)[1].requires_grad_()
@@ -110,6 +116,27 @@ def test_matches_pytorch_and_reference(dtype, dim):
     # the eager op is the library call, bit for bit
     wl, nl = wnkernels.weight_norm(v, g.detach(), dim)
     assert torch.equal(w, wl) and torch.equal(n, nl)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_eager_path_and_op_path_agree_bitwise(dtype):
+    """Plain tensors in eager mode take an autograd.Function, everything else
+    the custom op: same kernels, same bits, same gradients."""
+    torch.manual_seed(2)
+    v0 = torch.randn(24, 7, 3, dtype=dtype)
+    g0 = torch.rand(24, 1, 1, dtype=dtype) + 0.5
+    gw = torch.randn_like(v0)
+    res = []
+    for path in (wt._ops.weight_norm, OPS.weight_norm):
+        v, g = v0.clone().requires_grad_(), g0.clone().requires_grad_()
+        w, n = path(v, g, [0], 0.0, True)
+        w.backward(gw)
+        s, n2 = (wt._ops.row_scale if path is wt._ops.weight_norm else OPS.row_scale)(
+            v.detach(), g.detach(), [0], 0.0)
+        res.append((w, n, v.grad, g.grad, s, n2))
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
+    assert type(wt._ops._EagerWeightNorm.apply(v0, g0, [0], 0.0, False)[0]) is torch.Tensor
 
 
 def test_norms_not_differentiable_and_expanded_grad():

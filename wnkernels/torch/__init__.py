@@ -21,8 +21,8 @@ from typing import Tuple
 from torch import Tensor
 
 from ._convert import convert, remove_weight_norm
-from ._ops import (normalize_dims, row_scale_op, weight_norm_backward_op,
-                   weight_norm_op)
+from . import _ops
+from ._ops import normalize_dims, weight_norm_backward_op
 from ._parametrize import WeightNorm, weight_norm
 
 __all__ = ["weight_norm", "WeightNorm", "convert", "remove_weight_norm",
@@ -31,7 +31,7 @@ __all__ = ["weight_norm", "WeightNorm", "convert", "remove_weight_norm",
 
 def weight_norm_fn(v: Tensor, g: Tensor, dim=0, *, eps: float = 0.0) -> Tuple[Tensor, Tensor]:
     """(w, norms) like `wnkernels.weight_norm`, differentiable (norms is not)."""
-    return weight_norm_op(v, g, normalize_dims(dim, v.dim()), float(eps), False)
+    return _ops.weight_norm(v, g, normalize_dims(dim, v.dim()), float(eps), False)
 
 
 def weight_norm_backward_fn(grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor,
@@ -42,4 +42,4 @@ def weight_norm_backward_fn(grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor,
 
 def row_scale_fn(v: Tensor, g: Tensor, dim=0, *, eps: float = 0.0) -> Tuple[Tensor, Tensor]:
     """(scale, norms) like `wnkernels.row_scale`, differentiable (norms is not)."""
-    return row_scale_op(v, g, normalize_dims(dim, v.dim()), float(eps))
+    return _ops.row_scale(v, g, normalize_dims(dim, v.dim()), float(eps))

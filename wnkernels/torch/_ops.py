@@ -32,7 +32,7 @@ from .._arrays import ArrayInfo
 from .._layout import normalize_dim
 from .._planner import BACKWARD, FORWARD, ROW_SCALE, plan_call
 
-__all__ = ["normalize_dims", "output_specs"]
+__all__ = ["normalize_dims", "output_specs", "weight_norm", "row_scale"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -82,9 +82,8 @@ def _keepdim_shape(shape, dims) -> List[int]:
 
 # ---------------------------------------------------------------- forward
 
-@torch.library.custom_op("wnkernels::weight_norm", mutates_args=())
-def weight_norm_op(v: Tensor, g: Tensor, dims: List[int], eps: float,
-                   round_norm: bool) -> Tuple[Tensor, Tensor]:
+def _forward(v: Tensor, g: Tensor, dims: List[int], eps: float,
+             round_norm: bool) -> Tuple[Tensor, Tensor]:
     dim = _as_dim(dims)
     if not (round_norm and v.dtype in _HALF):
         return wnkernels.weight_norm(v, g, dim, eps=eps)
@@ -97,6 +96,21 @@ def weight_norm_op(v: Tensor, g: Tensor, dims: List[int], eps: float,
     w = _empty_like_spec(spec, v)
     torch.mul(v, a, out=w)
     return w, norms
+
+
+def _backward(grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor,
+              dims: List[int]) -> Tuple[Tensor, Tensor]:
+    return wnkernels.weight_norm_backward(grad_w, v, g, norms, _as_dim(dims))
+
+
+def _row_scale(v: Tensor, g: Tensor, dims: List[int], eps: float) -> Tuple[Tensor, Tensor]:
+    return wnkernels.row_scale(v, g, _as_dim(dims), eps=eps)
+
+
+@torch.library.custom_op("wnkernels::weight_norm", mutates_args=())
+def weight_norm_op(v: Tensor, g: Tensor, dims: List[int], eps: float,
+                   round_norm: bool) -> Tuple[Tensor, Tensor]:
+    return _forward(v, g, dims, eps, round_norm)
 
 
 @weight_norm_op.register_fake
@@ -114,15 +128,19 @@ def _fwd_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
 
 
-def _fwd_backward(ctx, grad_w, _grad_norms):
+def _fwd_grads(ctx, grad_w, backward):
     if grad_w is None:
         return None, None, None, None, None
     v, g, norms = ctx.saved_tensors
     if torch.is_grad_enabled():     # create_graph: a differentiable backward
         grad_v, grad_g = _backward_formula(grad_w, v, g, norms, ctx.dims, tie=True)
     else:
-        grad_v, grad_g = weight_norm_backward_op(grad_w, v, g, norms, ctx.dims)
+        grad_v, grad_g = backward(grad_w, v, g, norms, ctx.dims)
     return grad_v, grad_g, None, None, None
+
+
+def _fwd_backward(ctx, grad_w, _grad_norms):
+    return _fwd_grads(ctx, grad_w, weight_norm_backward_op)
 
 
 weight_norm_op.register_autograd(_fwd_backward, setup_context=_fwd_setup)
@@ -133,7 +151,7 @@ weight_norm_op.register_autograd(_fwd_backward, setup_context=_fwd_setup)
 @torch.library.custom_op("wnkernels::weight_norm_backward", mutates_args=())
 def weight_norm_backward_op(grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor,
                             dims: List[int]) -> Tuple[Tensor, Tensor]:
-    return wnkernels.weight_norm_backward(grad_w, v, g, norms, _as_dim(dims))
+    return _backward(grad_w, v, g, norms, dims)
 
 
 @weight_norm_backward_op.register_fake
@@ -190,7 +208,7 @@ weight_norm_backward_op.register_autograd(_bwd_backward, setup_context=_bwd_setu
 
 @torch.library.custom_op("wnkernels::row_scale", mutates_args=())
 def row_scale_op(v: Tensor, g: Tensor, dims: List[int], eps: float) -> Tuple[Tensor, Tensor]:
-    return wnkernels.row_scale(v, g, _as_dim(dims), eps=eps)
+    return _row_scale(v, g, dims, eps)
 
 
 @row_scale_op.register_fake
@@ -220,3 +238,59 @@ def _scale_backward(ctx, grad_scale, _grad_norms):
 
 
 row_scale_op.register_autograd(_scale_backward, setup_context=_scale_setup)
+
+
+# ---------------------------------------------------------------- eager calls
+# A Python custom op costs ~2x an autograd.Function per call in eager mode
+# (its autograd and dispatch layers are Python), which a small layer feels.
+# Plain tensors outside torch.compile and torch.func therefore take an
+# autograd.Function with the same kernels and the same gradient functions;
+# everything else (compiling, fake / meta / DTensor subclasses, functorch
+# transforms) takes the op.
+
+class _EagerWeightNorm(torch.autograd.Function):
+    # ctx-style forward: a separate setup_context makes apply() bind its
+    # arguments through inspect.signature on every call (~10 us)
+    @staticmethod
+    def forward(ctx, v, g, dims, eps, round_norm):
+        out = _forward(v, g, dims, eps, round_norm)
+        _fwd_setup(ctx, (v, g, dims, eps, round_norm), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_w, _grad_norms):
+        return _fwd_grads(ctx, grad_w, _backward)
+
+
+class _EagerRowScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v, g, dims, eps):
+        out = _row_scale(v, g, dims, eps)
+        _scale_setup(ctx, (v, g, dims, eps), out)
+        return out
+
+    backward = staticmethod(_scale_backward)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _eager(v: Tensor, g: Tensor) -> bool:
+    return (type(v) in _PLAIN and type(g) in _PLAIN and not torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active())
+
+
+def weight_norm(v: Tensor, g: Tensor, dims: List[int], eps: float = 0.0,
+                round_norm: bool = False) -> Tuple[Tensor, Tensor]:
+    """``wnkernels::weight_norm`` (or, on plain tensors in eager mode, the same
+    kernels and gradients through an autograd.Function)."""
+    if _eager(v, g):
+        return _EagerWeightNorm.apply(v, g, dims, eps, round_norm)
+    return weight_norm_op(v, g, dims, eps, round_norm)
+
+
+def row_scale(v: Tensor, g: Tensor, dims: List[int], eps: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """``wnkernels::row_scale`` (eager plain tensors: an autograd.Function)."""
+    if _eager(v, g):
+        return _EagerRowScale.apply(v, g, dims, eps)
+    return row_scale_op(v, g, dims, eps)

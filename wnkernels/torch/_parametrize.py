@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._ops import normalize_dims, row_scale_op, weight_norm_op
+from . import _ops
+from ._ops import normalize_dims
 
 __all__ = ["WeightNorm", "weight_norm", "torch_dim"]
 
@@ -63,14 +64,14 @@ class WeightNorm(nn.Module):
         return torch_dim(self.dim, v.dim())
 
     def forward(self, weight_g: Tensor, weight_v: Tensor) -> Tensor:
-        return weight_norm_op(weight_v, weight_g, self._dims(weight_v), self.eps, True)[0]
+        return _ops.weight_norm(weight_v, weight_g, self._dims(weight_v), self.eps, True)[0]
 
     @torch.no_grad()
     def right_inverse(self, weight: Tensor) -> Tuple[Tensor, Tensor]:
         dims = self._dims(weight)
         g = torch.empty(g_shape(weight.shape, dims), dtype=weight.dtype, device=weight.device)
         g.fill_(1)
-        _, norms = row_scale_op(weight, g, dims, self.eps)
+        _, norms = _ops.row_scale(weight, g, dims, self.eps)
         return norms.to(weight.dtype).reshape(g.shape), weight
 
     def extra_repr(self) -> str:
