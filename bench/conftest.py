@@ -2,9 +2,9 @@
 case and direction (roofline, wnkernels, torch, NumPy side by side).
 
 Run with ``pytest bench/ --benchmark-only`` (add ``--bench-threads N`` to pin the CPU
-thread count, ``-k 4096x4096`` to pick cases, ``--benchmark-json PATH`` to keep the
-numbers). Without ``--benchmark-only`` every benchmark here is skipped, so a plain
-``pytest`` never spends minutes timing.
+thread count, ``--bench-compare`` to add torch.compile and jax.jit, ``-k 4096x4096`` to
+pick cases, ``--benchmark-json PATH`` to keep the numbers). Without ``--benchmark-only``
+every benchmark here is skipped, so a plain ``pytest`` never spends minutes timing.
 
 pytest-benchmark runs each test's rounds back to back; ``wnkernels bench`` interleaves
 the contenders round by round and is the steadier instrument on a noisy machine. Both
@@ -28,6 +28,9 @@ def pytest_addoption(parser):
     group.addoption("--bench-threads", type=int, default=None, metavar="N",
                     help="CPU threads for wnkernels, the roofline and torch "
                          "(default: wnkernels' default, all cores)")
+    group.addoption("--bench-compare", action="store_true",
+                    help="also time the compiled peers (torch.compile, jax.jit) where "
+                         "installed, as `wnkernels bench --compare` does")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -106,8 +109,14 @@ def bench_threads(request):
 
 
 @pytest.fixture(scope="session")
-def cpu_workloads(bench_threads):
-    cache = WorkloadCache(lambda case: wnbench.CpuWorkload(case))
+def bench_peers(request):
+    """The compiled peers to build (``--bench-compare``), else none."""
+    return wnbench.PEERS if request.config.getoption("--bench-compare", default=False) else ()
+
+
+@pytest.fixture(scope="session")
+def cpu_workloads(bench_threads, bench_peers):
+    cache = WorkloadCache(lambda case: wnbench.CpuWorkload(case, peers=bench_peers))
     yield cache
     cache.release()
 
@@ -120,10 +129,27 @@ def group_workloads(bench_threads):
 
 
 @pytest.fixture(scope="session")
-def cuda_workloads():
-    cache = WorkloadCache(lambda case: wnbench.CudaWorkload(case))
+def cuda_workloads(bench_peers):
+    cache = WorkloadCache(lambda case: wnbench.CudaWorkload(case, peers=bench_peers))
     yield cache
     cache.release()
+
+
+@pytest.fixture
+def contender():
+    """``contender(workload, direction, impl)``: the callable, or skip the test saying
+    why it is missing (torch or a peer not installed, --bench-compare not given)."""
+    return _contender
+
+
+def _contender(workload, direction: str, impl: str):
+    fn = workload.contenders(direction).get(impl)
+    if fn is None:
+        st = workload.peer_status.get(impl)
+        why = (st["message"] if st else "--bench-compare not given" if impl in wnbench.PEERS
+               else "torch not installed")
+        pytest.skip(f"{impl} is not available here ({why})")
+    return fn
 
 
 @pytest.fixture

@@ -19,15 +19,15 @@ else:
     _skip = None
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
 
-IMPLS = ("roofline", "wnkernels torch", "wnkernels out=", "torch")
+IMPLS = ("roofline", "wnkernels torch", "wnkernels out=", "torch") + wnbench.PEERS
 MATRIX = [pytest.param(c, d, i, id=tid)
           for c, d, i, tid in wnbench.benchmark_matrix(wnbench.CUDA_CASES, IMPLS)]
 
 
 @pytest.mark.parametrize("case, direction, impl", MATRIX)
-def test_cuda(benchmark, cuda_workloads, bench_record, case, direction, impl):
+def test_cuda(benchmark, cuda_workloads, bench_record, contender, case, direction, impl):
     workload = cuda_workloads.get(case)
-    fn = workload.contenders(direction)[impl]
+    fn = contender(workload, direction, impl)
     roofline_s = cuda_workloads.roofline_time(case, direction)
     # GPU time of this contender alone (CUDA events; wall clock for the latency case).
     gpu = wnbench.measure({impl: fn}, workload.timer, repeat=5, min_time=0.05)[impl]

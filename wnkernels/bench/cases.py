@@ -144,6 +144,12 @@ assert len(DAC_44KHZ) == 78 and len(ENCODEC_24KHZ) == 36 and len(SMALL_50) == 50
 
 
 # ---------------------------------------------------------------- the suites
+# Single weights of real models, named by model (dim=0 unless stated): DAC's quantizer
+# projections (1024x8x1: rows of 8) and its widest decoder conv; HiFi-GAN's first
+# ConvTranspose1d (512x256x16); Encodec 24 kHz's encoder output conv (128x512x7);
+# BigVGAN-v2's first ConvTranspose1d (1536x768x16, upsample_initial_channel=1536);
+# the grouped positional convs of Wav2Vec2-base / HuBERT-base (768x48x128) and
+# Wav2Vec2-large / HuBERT-large (1024x64x128), weight-normed over their kernel axis (dim=2).
 
 CPU_CASES: Tuple[Case, ...] = (
     Case((4096, 4096), "float32", large=True),
@@ -159,6 +165,9 @@ CPU_CASES: Tuple[Case, ...] = (
     Case((512, 256, 16), "float32", label="HiFi-GAN upsample"),
     Case((1536, 1024, 7), "float32", label="DAC decoder"),
     Case((768, 48, 128), "float32", dim=2, label="Wav2Vec2 pos-conv"),
+    Case((1024, 64, 128), "float32", dim=2, label="HuBERT-large pos-conv"),
+    Case((128, 512, 7), "float32", label="Encodec conv"),
+    Case((1536, 768, 16), "float32", label="BigVGAN upsample"),
     Case((64, 64), "float32", wall_clock=True, label="latency"),
 )
 

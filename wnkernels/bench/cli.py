@@ -16,6 +16,8 @@ from .timing import SETTLE_S, OtherLoad, busy_warning, measure
 from .workloads import (CheckError, CpuWorkload, CudaWorkload, GroupWorkload, SkipCase,
                         import_torch, require_cuda, roofline_primitives)
 from .report import direction_result
+from .peers import PEERS
+from .plot import plot_results, require_matplotlib
 
 __all__ = ["run_suite", "add_arguments", "run_from_args", "main"]
 
@@ -33,9 +35,11 @@ def _case_record(case) -> Dict[str, Any]:
 
 def run_suite(cases: Sequence, *, device: str = "cpu", repeat: int = 7,
               min_time: float = 0.1, threads: Optional[int] = None, use_torch: bool = True,
-              progress: bool = True, out=None, seed: int = 0) -> Dict[str, Any]:
+              progress: bool = True, out=None, seed: int = 0,
+              peers: Sequence[str] = ()) -> Dict[str, Any]:
     """Check, then time, every case (`Case` or `GroupCase`); print a table per case
-    to ``out``; return the data."""
+    to ``out``; return the data. ``peers`` (names from `PEERS`: ``--compare``) adds
+    compiled peers to the single cases, each reported absent when not installed."""
     if repeat < 1:
         raise ValueError("repeat must be at least 1")
     out = out or sys.stdout
@@ -68,26 +72,31 @@ def run_suite(cases: Sequence, *, device: str = "cpu", repeat: int = 7,
         "machine": machine_info(device, n_threads),
         "config": {"repeat": repeat, "min_time_s": min_time, "threads": n_threads,
                    "torch": torch is not None and use_torch, "seed": seed,
-                   "settle_s": SETTLE_S},
+                   "settle_s": SETTLE_S, "peers": list(peers)},
         "cases": [],
     }
     bar = Progress(total=len(cases) * len(DIRECTIONS) * repeat, enabled=progress)
     try:
         for case in cases:
             cr = _case_record(case)
-            bar.describe(f"{case.name}: preparing")
+            single = not isinstance(case, GroupCase)
+            bar.describe(f"{case.name}: preparing"
+                         + (" and compiling peers" if peers and single else ""))
             done_before = bar.done
             workload = None
             try:
-                if isinstance(case, GroupCase):
+                if not single:
                     workload = GroupWorkload(case, device=device, use_torch=use_torch,
                                              seed=seed)
                 elif device == "cuda":
-                    workload = CudaWorkload(case, use_torch=use_torch, seed=seed, torch=torch)
+                    workload = CudaWorkload(case, use_torch=use_torch, seed=seed, torch=torch,
+                                            peers=peers)
                 else:
-                    workload = CpuWorkload(case, use_torch=use_torch, seed=seed)
+                    workload = CpuWorkload(case, use_torch=use_torch, seed=seed, peers=peers)
                 bar.describe(f"{case.name}: checking")
                 cr["check"] = workload.check()
+                if workload.peer_status:
+                    cr["peers"] = workload.peer_status
                 cr["first_call_s"] = workload.first_call_s
                 cr["timer"] = workload.timer.kind
                 for d in DIRECTIONS:
@@ -148,6 +157,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: wnkernels' default, all cores)")
     p.add_argument("--no-torch", action="store_true",
                    help="do not import or time PyTorch on the CPU")
+    p.add_argument("--compare", action="store_true",
+                   help="add compiled peers to the single cases: torch.compile (Inductor) and "
+                        "jax.jit of the formula and its autodiff backward, each compiled once "
+                        "and warmed up, its compile time excluded and its results checked; "
+                        "a peer not installed is reported absent")
+    p.add_argument("--plot", metavar="PATH",
+                   help="also draw the results as a chart (%% of roofline and speed-up vs "
+                        "PyTorch per case and contender, forward and backward) to PATH "
+                        "(.png, .svg, .pdf; needs matplotlib: pip install 'wnkernels[plot]')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
 
@@ -157,12 +175,13 @@ def run_from_args(args: argparse.Namespace) -> int:
     if not args.no_groups:
         suite += list(CUDA_GROUPS if args.device == "cuda" else CPU_GROUPS)
     if args.list:
+        width = max(len(c.name) for c in suite)
         for c in suite:
             if isinstance(c, GroupCase):
-                print(f"{c.name:<34} {len(c.shapes)} weights, {c.size:,} elements, "
+                print(f"{c.name:<{width}} {len(c.shapes)} weights, {c.size:,} elements, "
                       f"dtype={c.dtype} dim={c.dim} (grouped call)")
             else:
-                print(f"{c.name:<34} shape={c.shape} dtype={c.dtype} dim={c.dim}"
+                print(f"{c.name:<{width}} shape={c.shape} dtype={c.dtype} dim={c.dim}"
                       f"{' (large)' if c.large else ''}")
         return 0
     cases = select_cases(suite, args.cases)
@@ -174,11 +193,18 @@ def run_from_args(args: argparse.Namespace) -> int:
         print("wnkernels bench: --repeat and --threads must be >= 1, --min-time >= 0",
               file=sys.stderr)
         return 2
+    if args.plot:
+        try:
+            require_matplotlib()  # before minutes of measuring, not after
+        except RuntimeError as exc:
+            print(f"wnkernels bench: {exc}", file=sys.stderr)
+            return 2
     try:
         results = run_suite(cases, device=args.device, repeat=args.repeat,
                             min_time=args.min_time, threads=args.threads,
                             use_torch=args.device == "cuda" or not args.no_torch,
-                            progress=not args.no_progress, seed=args.seed)
+                            progress=not args.no_progress, seed=args.seed,
+                            peers=PEERS if args.compare else ())
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -187,6 +213,9 @@ def run_from_args(args: argparse.Namespace) -> int:
             json.dump(results, f, indent=2)
             f.write("\n")
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        plot_results(results, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     summary = results["summary"]
     return 1 if summary["cases_failed"] or summary["cases_error"] else 0
 
@@ -200,7 +229,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                          "PyTorch and NumPy",
                            description="Time wnkernels' forward and backward on every "
                            "case of the suite (--list) beside a same-size memory roofline "
-                           "(all-core copy / triad), PyTorch's fused kernels and NumPy, and "
+                           "(all-core copy / triad), PyTorch's fused kernels, NumPy and, with "
+                           "--compare, torch.compile and jax.jit, and "
                            "its grouped calls on real models' weight sets against per-tensor "
                            "loops, after checking its results against wnkernels.reference.")
     add_arguments(bench)

@@ -10,6 +10,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from .cases import DIRECTIONS
+from .peers import PEERS
 
 __all__ = ["direction_result", "summarize", "format_case", "format_summary",
            "machine_info", "Progress", "OURS"]
@@ -25,9 +26,9 @@ def _ours(timings) -> str:
 
 def direction_result(case, direction: str, timings: Dict[str, Dict[str, Any]]):
     """GB/s and % of the roofline of every contender; the speed-ups of wnkernels'
-    headline contender (like with like: torch tensors against PyTorch; the grouped
-    call against PyTorch's loop and wnkernels' own loop), and of the NumPy-array
-    call against PyTorch and NumPy."""
+    headline contender (like with like: torch tensors against PyTorch and the compiled
+    peers; the grouped call against PyTorch's loop and wnkernels' own loop), and of the
+    NumPy-array call against PyTorch and NumPy."""
     nbytes = case.bytes_moved(direction)
     roof = timings["roofline"]["time_s"]
     for t in timings.values():
@@ -39,6 +40,9 @@ def direction_result(case, direction: str, timings: Dict[str, Dict[str, Any]]):
                       ("wnkernels loop", "speedup_vs_own_loop")):
         if peer in timings:
             res[key] = timings[peer]["time_s"] / ours
+    peers = {p: timings[p]["time_s"] / ours for p in PEERS if p in timings}
+    if peers:
+        res["speedup_vs_peers"] = peers
     if "wnkernels" in timings:
         wn = timings["wnkernels"]["time_s"]
         if "torch" in timings:
@@ -53,15 +57,41 @@ def _geomean(xs: Sequence[float]) -> Optional[float]:
     return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
 
 
+def _spread(items: List[tuple]) -> Dict[str, Any]:
+    """Geometric mean per direction and over both, and the worst, of ``(speed-up, case,
+    direction)`` items."""
+    out: Dict[str, Any] = {"geomean": _geomean([s for s, _, _ in items]),
+                           "cases": len({c for _, c, _ in items})}
+    out.update({f"geomean_{d}": _geomean([s for s, _, dd in items if dd == d])
+                for d in DIRECTIONS})
+    if items:
+        s, c, d = min(items)
+        out["worst"] = {"case": c, "direction": d, "speedup": s}
+        out["below_1x"] = sum(s < 1.0 for s, _, _ in items)
+        out["measured"] = len(items)
+    return out
+
+
 def summarize(case_results: List[Dict[str, Any]]) -> Dict[str, Any]:
     vs_torch, np_vs_torch, vs_numpy, roof_large, groups = [], [], [], [], []
+    vs_peer: Dict[str, List[tuple]] = {p: [] for p in PEERS}
+    vs_best = []
+    peer_status: Dict[str, Dict[str, List[str]]] = {}
     for cr in case_results:
+        for p, st in cr.get("peers", {}).items():
+            peer_status.setdefault(p, {}).setdefault(st["status"], []).append(cr["case"])
         if cr["status"] != "ok":
             continue
         for d in DIRECTIONS:
             dr = cr[d]
             if "speedup_vs_torch" in dr:
                 vs_torch.append((dr["speedup_vs_torch"], cr["case"], d))
+            for p, sp in dr.get("speedup_vs_peers", {}).items():
+                vs_peer[p].append((sp, cr["case"], d))
+            rivals = [dr[k] for k in ("speedup_vs_torch",) if k in dr]
+            rivals += list(dr.get("speedup_vs_peers", {}).values())
+            if rivals:
+                vs_best.append((min(rivals), cr["case"], d))
             if "numpy_speedup_vs_torch" in dr:
                 np_vs_torch.append(dr["numpy_speedup_vs_torch"])
             if "speedup_vs_numpy" in dr:
@@ -71,20 +101,30 @@ def summarize(case_results: List[Dict[str, Any]]) -> Dict[str, Any]:
                                dr["speedup_vs_own_loop"]))
             if cr.get("large"):
                 roof_large.append((dr["results"][dr["ours"]]["pct_roofline"], cr["case"], d))
+    torch_spread = _spread(vs_torch)
     out: Dict[str, Any] = {
         "cases_ok": sum(cr["status"] == "ok" for cr in case_results),
         "cases_failed": [cr["case"] for cr in case_results if cr["status"] == "check failed"],
         "cases_error": [cr["case"] for cr in case_results if cr["status"] == "error"],
         "cases_skipped": [cr["case"] for cr in case_results if cr["status"] == "skipped"],
-        "geomean_speedup_vs_torch": _geomean([s for s, _, _ in vs_torch]),
+        # the headline: wnkernels on torch tensors (grouped calls: the grouped call)
+        # against PyTorch's fused kernels (grouped: PyTorch's per-tensor loop)
+        "geomean_speedup_vs_torch": torch_spread["geomean"],
+        "geomean_speedup_vs_torch_by_direction": {d: torch_spread[f"geomean_{d}"]
+                                                  for d in DIRECTIONS},
         "geomean_numpy_speedup_vs_torch": _geomean(np_vs_torch),
         "geomean_speedup_vs_numpy": _geomean(vs_numpy),
         "groups": [{"case": c, "direction": d, "speedup_vs_torch_loop": t,
                     "speedup_vs_own_loop": o} for c, d, t, o in groups],
     }
     if vs_torch:
-        s, c, d = min(vs_torch)
-        out["worst_vs_torch"] = {"case": c, "direction": d, "speedup": s}
+        out["worst_vs_torch"] = torch_spread["worst"]
+        out["vs_torch"] = torch_spread
+    if peer_status:
+        out["peers"] = {p: dict(_spread(vs_peer[p]), status=peer_status.get(p, {}))
+                        for p in PEERS if p in peer_status}
+        if vs_best:
+            out["vs_best_rival"] = _spread(vs_best)
     if roof_large:
         p, c, d = min(roof_large)
         out["lowest_pct_roofline_large"] = {"case": c, "direction": d, "pct_roofline": p}
@@ -111,6 +151,14 @@ ROOFLINE_LABEL = {("cpu", "forward"): "roofline (copy)", ("cpu", "backward"): "r
                   ("cuda", "forward"): "roofline (copy_)", ("cuda", "backward"): "roofline (triad)"}
 
 
+# Rows whose "wn x" column shows how much faster wnkernels' headline contender is.
+RIVALS = ("torch", "torch loop", "wnkernels loop") + PEERS + ("numpy",)
+
+
+def _fmt_x(x: Optional[float]) -> str:
+    return "" if x is None else f"{x:8.2f}x"
+
+
 def format_case(cr: Dict[str, Any], device: str) -> str:
     if "shape" in cr:
         head = (f"== {cr['case']}  ({'x'.join(map(str, cr['shape']))} {cr['dtype']}, "
@@ -124,66 +172,114 @@ def format_case(cr: Dict[str, Any], device: str) -> str:
     timer = cr.get("timer")
     if timer:
         lines[0] += f"  [{timer}]"
+    # vs torch: PyTorch's time / this row's (above 1: faster than PyTorch);
+    # wn speedup: this row's time / wnkernels' headline contender's (marked *; above 1:
+    # wnkernels is faster).
     lines.append(f"  {'direction':<9} {'implementation':<21} {'time/call':>10} {'GB/s':>8} "
-                 f"{'% roof':>7} {'vs torch':>9} {'vs NumPy':>9}")
+                 f"{'% roof':>7} {'vs torch':>9} {'wn speedup':>10}")
     for d in DIRECTIONS:
         dr = cr[d]
         res = dr["results"]
         torch_t = (res.get("torch") or res.get("torch loop") or {}).get("time_s")
+        ours_t = res[dr["ours"]]["time_s"]
         first = True
         for name, t in res.items():
             label = ROOFLINE_LABEL[(device, d)] if name == "roofline" else name
-            vt = vn = ""
-            if name.startswith("wnkernels") and torch_t:
-                vt = f"{torch_t / t['time_s']:8.2f}x"
-            if name == "wnkernels" and "speedup_vs_numpy" in dr:
-                vn = f"{dr['speedup_vs_numpy']:8.1f}x"
+            if name == dr["ours"]:
+                label += " *"
+            vt = wx = None
+            if torch_t and name not in ("roofline", "torch", "torch loop"):
+                vt = torch_t / t["time_s"]
+            if name in RIVALS:
+                wx = t["time_s"] / ours_t
             lines.append(f"  {d if first else '':<9} {label:<21} {_fmt_time(t['time_s']):>10} "
-                         f"{t['gbps']:8.1f} {t['pct_roofline']:6.1f}% {vt:>9} {vn:>9}")
+                         f"{t['gbps']:8.1f} {t['pct_roofline']:6.1f}% {_fmt_x(vt):>9} "
+                         f"{_fmt_x(wx):>10}")
             first = False
     fc = cr.get("first_call_s")
     if fc and device == "cuda":
         lines.append(f"  first call (includes compile): forward {fc['forward']:.3f} s, "
                      f"backward {fc['backward']:.3f} s")
+    for name, st in cr.get("peers", {}).items():
+        if st["status"] == "ok":
+            fc = st["first_call_s"]
+            lines.append(f"  {name}: compiled (first call, not timed) forward "
+                         f"{fc['forward']:.2f} s, backward {fc['backward']:.2f} s")
+        else:
+            lines.append(f"  {name}: {st['status']}: {st['message']}")
     return "\n".join(lines)
 
 
+def _fmt_spread(sp: Dict[str, Any]) -> str:
+    """'forward 2.10x, backward 1.50x, both 1.78x; worst <case> <dir> 0.80x'."""
+    parts = [f"{d} {sp[f'geomean_{d}']:.2f}x" for d in DIRECTIONS
+             if sp.get(f"geomean_{d}") is not None]
+    text = ", ".join(parts) + f", both {sp['geomean']:.2f}x"
+    w = sp.get("worst")
+    if w:
+        text += (f"; worst {w['case']} {w['direction']} {w['speedup']:.2f}x"
+                 f" ({sp['below_1x']} of {sp['measured']} below 1x)")
+    return text
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _cases(n: int) -> str:
+    return _plural(n, "case")
+
+
 def format_summary(summary: Dict[str, Any], threads: Optional[int]) -> str:
-    parts = []
+    lines = []
     gt = summary.get("geomean_speedup_vs_torch")
+    head = "Summary" + (f" ({_plural(threads, 'thread')})" if threads else "") + ": "
     if not summary["cases_ok"]:
-        parts.append("no case was measured")
+        lines.append(head + "no case was measured")
     elif gt is not None:
-        w = summary["worst_vs_torch"]
-        parts.append(f"geometric-mean speed-up vs torch (wnkernels on torch tensors) "
-                     f"{gt:.2f}x; worst {w['case']} {w['direction']} {w['speedup']:.2f}x")
-        gnt = summary.get("geomean_numpy_speedup_vs_torch")
-        if gnt is not None:
-            parts.append(f"on NumPy arrays vs torch {gnt:.2f}x")
+        lines.append(head + "wnkernels on torch tensors vs PyTorch (geometric mean over "
+                     f"{_cases(summary['vs_torch']['cases'])}): "
+                     + _fmt_spread(summary["vs_torch"]))
     else:
-        parts.append("no torch comparison (torch not installed or --no-torch)")
+        lines.append(head + "no torch comparison (torch not installed or --no-torch)")
+    extra = []
+    gnt = summary.get("geomean_numpy_speedup_vs_torch")
     gn = summary.get("geomean_speedup_vs_numpy")
-    if gn is not None:
-        parts.append(f"vs NumPy {gn:.1f}x")
+    np_parts = ([f"vs PyTorch {gnt:.2f}x"] if gnt is not None else []) + (
+        [f"vs NumPy {gn:.1f}x"] if gn is not None else [])
+    if np_parts:
+        extra.append("wnkernels on NumPy arrays " + ", ".join(np_parts))
     lo = summary.get("lowest_pct_roofline_large")
     if lo:
-        parts.append(f"lowest % of roofline on a large case: {lo['case']} {lo['direction']} "
+        extra.append(f"lowest % of roofline on a large case: {lo['case']} {lo['direction']} "
                      f"{lo['pct_roofline']:.1f}%")
-    line = "Summary" + (f" ({threads} threads)" if threads else "") + ": " + "; ".join(parts)
+    if extra:
+        lines.append("  " + "; ".join(extra))
+    for name, sp in summary.get("peers", {}).items():
+        if sp.get("geomean") is not None:
+            lines.append(f"  vs {name} ({_cases(sp['cases'])}): " + _fmt_spread(sp))
+        notes = [f"{st} on {_cases(len(cs))}"
+                 for st, cs in sp["status"].items() if st != "ok"]
+        if notes:
+            lines.append(f"  {name}: " + ", ".join(notes))
+    best = summary.get("vs_best_rival")
+    if best and best.get("geomean") is not None:
+        lines.append("  vs the fastest of PyTorch and the compiled peers, per case: "
+                     + _fmt_spread(best))
     for g in summary.get("groups", []):
         t = g["speedup_vs_torch_loop"]
-        line += (f"\n  grouped {g['case']} {g['direction']}: "
-                 + (f"{t:.2f}x torch's loop, " if t else "")
-                 + f"{g['speedup_vs_own_loop']:.2f}x wnkernels' own loop")
+        lines.append(f"  grouped {g['case']} {g['direction']}: "
+                     + (f"{t:.2f}x torch's loop, " if t else "")
+                     + f"{g['speedup_vs_own_loop']:.2f}x wnkernels' own loop")
     if summary.get("warning"):
-        line += "\n" + summary["warning"]
+        lines.append(summary["warning"])
     if summary["cases_failed"]:
-        line += f"\nCHECK FAILED (not timed): {', '.join(summary['cases_failed'])}"
+        lines.append(f"CHECK FAILED (not timed): {', '.join(summary['cases_failed'])}")
     if summary["cases_error"]:
-        line += f"\nERROR (not timed): {', '.join(summary['cases_error'])}"
+        lines.append(f"ERROR (not timed): {', '.join(summary['cases_error'])}")
     if summary["cases_skipped"]:
-        line += f"\nskipped: {', '.join(summary['cases_skipped'])}"
-    return line
+        lines.append(f"skipped: {', '.join(summary['cases_skipped'])}")
+    return "\n".join(lines)
 
 
 def _cpu_model() -> str:
@@ -220,7 +316,8 @@ def machine_info(device: str, threads: Optional[int]) -> Dict[str, Any]:
         "threads": threads,
         "python": platform.python_version(),
         "versions": {m: _version(m) for m in
-                     ("wnkernels", "numpy", "torch", "ml_dtypes", "numba-cuda", "numba")},
+                     ("wnkernels", "numpy", "torch", "ml_dtypes", "numba-cuda", "numba",
+                      "jax", "jaxlib")},
     }
     wn_mod = sys.modules.get("wnkernels")
     if wn_mod is not None and getattr(wn_mod, "__version__", None):

@@ -8,7 +8,7 @@ timed, so a broken build cannot report a fast wrong answer.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Sequence
 
 import numpy as np
 
@@ -92,6 +92,21 @@ def _f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     return rounded.astype(np.uint16)
 
 
+def _to_numpy(x: Any) -> np.ndarray:
+    """A torch tensor (any device) or NumPy array as a NumPy array of its own dtype
+    (torch bfloat16 as ml_dtypes' bfloat16)."""
+    if not type(x).__module__.startswith("torch"):
+        return np.asarray(x)
+    torch = import_torch()
+    x = x.detach().cpu()
+    if x.dtype == torch.bfloat16:
+        ml_dtypes = _import_ml_dtypes()
+        if ml_dtypes is None:
+            raise SkipCase("bfloat16 outside torch needs ml_dtypes installed")
+        return x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return x.numpy()
+
+
 def _to_f64(x: Any) -> np.ndarray:
     """Any result (NumPy of any float dtype incl. ml_dtypes bf16, torch on any device)
     as a float64 NumPy array."""
@@ -161,6 +176,10 @@ class _Workload:
     """Data and contenders of one case; subclasses build them for one device."""
 
     timer: CpuTimer
+    # name -> `peers.Peer` built, name -> {"status": ok / absent / error / check failed,
+    # ...}; read-only class defaults for a workload without peers (a weight set)
+    peers: Dict[str, Any] = {}
+    peer_status: Dict[str, Dict[str, Any]] = {}
 
     def contenders(self, direction: str) -> Dict[str, Callable[[], Any]]:
         """Ordered {name: zero-argument callable}; the first one is the roofline."""
@@ -168,6 +187,40 @@ class _Workload:
 
     def check(self) -> Dict[str, float]:
         raise NotImplementedError
+
+    # ---- compiled peers (``--compare``): torch.compile, jax.jit
+
+    def _build_peers(self, names: Sequence[str], v, g, grad_w, *, device: str) -> None:
+        """Compile each peer on (v, g, grad_w); one that is absent or fails to build is
+        recorded in `peer_status`, never raised."""
+        from .peers import PeerAbsent, build_peer
+        self.peers, self.peer_status = {}, {}
+        for name in names:
+            try:
+                peer = build_peer(name, self.case, v, g, grad_w, torch=self.torch,
+                                  device=device)
+            except PeerAbsent as exc:
+                self.peer_status[name] = {"status": "absent", "message": str(exc)}
+            except Exception as exc:  # a peer's compiler failing is its own result
+                self.peer_status[name] = {"status": "error",
+                                          "message": f"{type(exc).__name__}: {exc}"}
+            else:
+                self.peers[name] = peer
+                self.peer_status[name] = {"status": "ok", "first_call_s": peer.first_call_s}
+
+    def _check_peers(self) -> None:
+        """Each peer's results against the float64 reference, as wnkernels' own; a peer
+        that fails is dropped (not timed) and its status says why."""
+        for name, peer in list(self.peers.items()):
+            try:
+                self.peer_status[name]["check"] = check_case(
+                    self.case, self.v, self.g, self.grad_w, *peer.results())
+            except CheckError as exc:
+                del self.peers[name]
+                self.peer_status[name].update(status="check failed", message=str(exc))
+
+    def _peer_contenders(self, direction: str) -> Dict[str, Callable[[], Any]]:
+        return {name: getattr(peer, direction) for name, peer in self.peers.items()}
 
     def close(self) -> None:
         """Drop the arrays (a case can hold several GiB)."""
@@ -213,9 +266,11 @@ class CpuWorkload(_Workload):
 
     Contenders: the same-size roofline (all-core copy / triad), wnkernels on the
     NumPy arrays (and with ``out=``), wnkernels on the torch tensors (what a
-    framework sees), PyTorch's fused kernels, NumPy."""
+    framework sees), PyTorch's fused kernels, the compiled ``peers`` asked for
+    (``--compare``), NumPy."""
 
-    def __init__(self, case: Case, *, use_torch: bool = True, seed: int = 0):
+    def __init__(self, case: Case, *, use_torch: bool = True, seed: int = 0,
+                 peers: Sequence[str] = ()):
         import wnkernels as wn
         self.case = case
         self.timer = CpuTimer()
@@ -246,6 +301,8 @@ class CpuWorkload(_Workload):
             self.tdim = case.kept_axis  # torch wants 0 or ndim-1, not -1
             _, self.t_norms = torch._weight_norm_interface(self.tv, self.tg, self.tdim)
             self.t_norms_wn = wn.weight_norm(self.tv, self.tg, dim)[1]
+        self._build_peers(peers, *((self.tv, self.tg, self.tgw) if torch is not None
+                                   else (v, g, gw)), device="cpu")
 
         # NumPy baseline (half types computed in float32 with conversions, as a NumPy
         # user would write it).
@@ -292,6 +349,7 @@ class CpuWorkload(_Workload):
                 tv, tg, tdim = self.tv, self.tg, self.tdim
                 out["wnkernels torch"] = lambda: wn.weight_norm(tv, tg, dim)
                 out["torch"] = lambda: torch._weight_norm_interface(tv, tg, tdim)
+            out.update(self._peer_contenders(direction))
             out["numpy"] = self._np_forward
         else:
             a, b, c = self.r_dst, self.r_src, self.r_c
@@ -307,18 +365,22 @@ class CpuWorkload(_Workload):
                 bwd = torch.ops.aten._weight_norm_interface_backward
                 out["wnkernels torch"] = lambda: wn.weight_norm_backward(tgw, tv, tg, tnw, dim)
                 out["torch"] = lambda: bwd(tgw, tv, tg, tn, tdim)
+            out.update(self._peer_contenders(direction))
             out["numpy"] = self._np_backward
         return out
 
     def check(self):
-        return check_case(self.case, self.v, self.g, self.grad_w, self.w_wn, self.norms_wn,
-                          self.grad_v_wn, self.grad_g_wn)
+        report = check_case(self.case, self.v, self.g, self.grad_w, self.w_wn, self.norms_wn,
+                            self.grad_v_wn, self.grad_g_wn)
+        self._check_peers()
+        return report
 
 
 class CudaWorkload(_Workload):
     """One GPU case on torch CUDA tensors (the current device and stream)."""
 
-    def __init__(self, case: Case, *, use_torch: bool = True, seed: int = 0, torch=None):
+    def __init__(self, case: Case, *, use_torch: bool = True, seed: int = 0, torch=None,
+                 peers: Sequence[str] = ()):
         import wnkernels as wn
         torch = torch or require_cuda()
         self.case, self.torch, self.use_torch, self.wn = case, torch, use_torch, wn
@@ -357,6 +419,7 @@ class CudaWorkload(_Workload):
                                         for i in range(3))
         if use_torch:
             _, self.t_norms = torch._weight_norm_interface(self.v, self.g, self.tdim)
+        self._build_peers(peers, self.v, self.g, self.grad_w, device="cuda")
         torch.cuda.synchronize()
 
     def contenders(self, direction):
@@ -371,6 +434,7 @@ class CudaWorkload(_Workload):
             }
             if self.use_torch:
                 out["torch"] = lambda: torch._weight_norm_interface(v, g, tdim)
+            out.update(self._peer_contenders(direction))
         else:
             a, b, c = self.t_a, self.t_b, self.t_c
             norms = self.norms_wn
@@ -382,11 +446,13 @@ class CudaWorkload(_Workload):
                 bwd = torch.ops.aten._weight_norm_interface_backward
                 tn = self.t_norms
                 out["torch"] = lambda: bwd(gw, v, g, tn, tdim)
+            out.update(self._peer_contenders(direction))
         return out
 
     def check(self):
         report = check_case(self.case, self.v, self.g, self.grad_w, self.w_wn, self.norms_wn,
                             self.grad_v_wn, self.grad_g_wn)
+        self._check_peers()
         self.torch.cuda.empty_cache()
         return report
 
