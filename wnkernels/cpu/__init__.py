@@ -136,14 +136,33 @@ def _torch_info(name: str, x, torch) -> ArrayInfo:
         return ArrayInfo(obj=x, kind="torch", device=("cpu", 0), shape=tuple(x.shape),
                          strides=tuple(x.stride()), dtype=dtype_name, itemsize=isz,
                          ptr=ptr, aligned=ptr % isz == 0, resolve=True)
-    t = x.detach()
-    if dtype_name == "bfloat16":
-        arr = t.view(torch.int16).numpy().view(np.uint16)
-    else:
-        arr = t.numpy()
-    info = _numpy_info(name, arr, "torch", x, dtype_name)
+    info = _numpy_info(name, _torch_view(x, dtype_name), "torch", x, dtype_name)
     info.readonly = False
     return info
+
+
+class _Interface:
+    """An ``__array_interface__`` over a tensor's memory that keeps the tensor
+    alive (the NumPy view's base)."""
+    __slots__ = ("__array_interface__", "tensor")
+
+
+def _torch_view(x, dtype_name: str) -> np.ndarray:
+    """A NumPy view of a CPU tensor's elements (bfloat16 as uint16), made
+    from the tensor's metadata and data pointer.  Not ``Tensor.numpy()``: that
+    marks the tensor's storage non-resizable for good, and FSDP2 frees its
+    unsharded parameters with ``untyped_storage().resize_(0)`` after each
+    forward ("Trying to resize storage that is not resizable")."""
+    isz = x.element_size()
+    typestr = "<u2" if dtype_name == "bfloat16" else np.dtype(dtype_name).newbyteorder("<").str
+    if x.numel() == 0:
+        return np.empty(tuple(x.shape), np.dtype(typestr))
+    holder = _Interface()
+    holder.tensor = x
+    holder.__array_interface__ = {
+        "data": (x.data_ptr(), False), "shape": tuple(x.shape),
+        "strides": tuple(s * isz for s in x.stride()), "typestr": typestr, "version": 3}
+    return np.asarray(holder)
 
 
 # ---------------------------------------------------------------- preparation

@@ -76,13 +76,17 @@ def convert(model: nn.Module, *, eps: float = 0.0) -> List[Tuple[str, str]]:
             if kind == "wnkernels":
                 continue
             if kind == "torch":
-                plist = module.parametrizations[name]
-                g, v = plist.original0, plist.original1
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+                # swap the parametrization in its list: original0/1 stay the
+                # same Parameters, and the module's class -- which a deepcopy
+                # shares with the original (PyTorch's parametrize) -- is left
+                # alone, where remove_parametrizations would delete the
+                # property from it and break every copy
+                module.parametrizations[name][0] = WeightNorm(dim, eps)
+                module._register_load_state_dict_pre_hook(_legacy_hook(name))
             else:
                 g, v = getattr(module, name + "_g"), getattr(module, name + "_v")
                 torch.nn.utils.remove_weight_norm(module, name)
-            _install(module, name, dim, g, v, eps)
+                _install(module, name, dim, g, v, eps)
             converted.append((f"{qual}.{name}" if qual else name, kind))
     return converted
 
@@ -96,5 +100,16 @@ def remove_weight_norm(model: nn.Module) -> nn.Module:
             if kind == "legacy":
                 torch.nn.utils.remove_weight_norm(module, name)
             else:
+                _own_class(module)
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a parametrized class of its own.  A deepcopy
+    shares the class with the original, and remove_parametrizations deletes
+    the parametrized property from the class: without this, folding a copy
+    breaks the original ('ParametrizedConv1d' object has no attribute 'weight')."""
+    cls = type(module)
+    ns = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, ns)

@@ -276,7 +276,11 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _eager(v: Tensor, g: Tensor) -> bool:
-    return (type(v) in _PLAIN and type(g) in _PLAIN and not torch.compiler.is_compiling()
+    # meta tensors are plain Tensors too: they take the op (its fake
+    # implementation), as the kernels cannot read them (meta-device init,
+    # FSDP2's deferred initialization)
+    return (type(v) in _PLAIN and type(g) in _PLAIN and v.device.type != "meta"
+            and not torch.compiler.is_compiling()
             and not torch._C._are_functorch_transforms_active())
 
 
@@ -294,3 +298,50 @@ def row_scale(v: Tensor, g: Tensor, dims: List[int], eps: float = 0.0) -> Tuple[
     if _eager(v, g):
         return _EagerRowScale.apply(v, g, dims, eps)
     return row_scale_op(v, g, dims, eps)
+
+
+# ---------------------------------------------------------------- DTensor
+# Sharding strategies, so that the ops take DTensors (FSDP2's sharded
+# parameters outside forward, tensor parallelism): every row is computed where
+# it lies, so v sharded on a kept axis (and g / norms on the matching axis)
+# needs no communication; any other placement is redistributed to one of
+# these by DTensor (e.g. FSDP2's Shard(0) for dim=2: all-gathered).
+
+def _register_dtensor_sharding():
+    try:
+        from torch.distributed.tensor import Replicate, Shard
+        from torch.distributed.tensor.experimental import register_sharding
+    except ImportError:     # pragma: no cover - torch without distributed
+        return
+
+    def g_axis(g, v, dims, k):
+        """The axis of g (and norms, grad_g, scale) holding v's kept axis k:
+        k for a keep-dims g, its rank among the kept axes for a flat one."""
+        return k if g.ndim == v.ndim else list(dims).index(k)
+
+    @register_sharding(torch.ops.wnkernels.weight_norm.default)
+    def _(v, g, dims, eps, round_norm):
+        out = [([Replicate(), Replicate()], [Replicate(), Replicate(), None, None, None])]
+        for k in dims:
+            gk = g_axis(g, v, dims, k)
+            out.append(([Shard(k), Shard(gk)], [Shard(k), Shard(gk), None, None, None]))
+        return out
+
+    @register_sharding(torch.ops.wnkernels.weight_norm_backward.default)
+    def _(grad_w, v, g, norms, dims):
+        out = [([Replicate(), Replicate()], [Replicate()] * 4 + [None])]
+        for k in dims:
+            gk = g_axis(g, v, dims, k)
+            out.append(([Shard(k), Shard(gk)], [Shard(k), Shard(k), Shard(gk), Shard(gk), None]))
+        return out
+
+    @register_sharding(torch.ops.wnkernels.row_scale.default)
+    def _(v, g, dims, eps):
+        out = [([Replicate(), Replicate()], [Replicate(), Replicate(), None, None])]
+        for k in dims:
+            gk = g_axis(g, v, dims, k)
+            out.append(([Shard(gk), Shard(gk)], [Shard(k), Shard(gk), None, None]))
+        return out
+
+
+_register_dtensor_sharding()

@@ -72,7 +72,9 @@ class WeightNorm(nn.Module):
         g = torch.empty(g_shape(weight.shape, dims), dtype=weight.dtype, device=weight.device)
         g.fill_(1)
         _, norms = _ops.row_scale(weight, g, dims, self.eps)
-        return norms.to(weight.dtype).reshape(g.shape), weight
+        # into g's own (torch-allocated, resizable) storage: the norms' memory
+        # is the kernels' DLPack buffer, whose storage FSDP2 could not resize
+        return g.copy_(norms.reshape(g.shape)), weight
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}" + (f", eps={self.eps}" if self.eps else "")
