@@ -248,7 +248,13 @@ static void wn_prepare(const wn_call *c, int nth, int colscr, const wn_entry *e,
     /* Per row, a square root, a division and the loop set-up: weigh it as
      * 64 bytes so tables of short rows still share out evenly. */
     const int64_t row_bytes = L->rowlen * isz * nin + 64;
-    if (wn_simple_rows(L, narr, &t->rg)) {
+    if (wn_short_rows(L, narr, &t->rg)) {
+        /* a few ns of fixed work per row: weigh it as 16 bytes */
+        t->mode = WN_MODE_SHORT;
+        t->rb = wn_short_batch(L->rowlen);
+        t->nunits = (L->nrows + t->rb - 1) / t->rb;
+        t->unit_bytes = (L->rowlen * isz * nin + 16) * t->rb;
+    } else if (wn_simple_rows(L, narr, &t->rg)) {
         t->mode = WN_MODE_SIMPLE;
         t->rb = wn_row_batch(L->rowlen, isz, nin);
         t->nunits = (L->nrows + t->rb - 1) / t->rb;

@@ -172,7 +172,8 @@ WN_INLINE void FN(scale_run)(T *w, int64_t sw, const T *v, int64_t sv,
 {
     int64_t i = 0;
     if (sw == 1 && sv == 1) {
-        const CV s = (CV){0} + scale;
+        /* broadcast (x - 0 is x, -0 included; 0 + x would turn -0 into +0) */
+        const CV s = scale - (CV){0};
         if (nt) {
             enum { B = WN_BUFBYTES / sizeof(T) };
             T buf[B] __attribute__((aligned(64)));
@@ -188,7 +189,12 @@ WN_INLINE void FN(scale_run)(T *w, int64_t sw, const T *v, int64_t sv,
             STORECV(w + i + CVL, LOADCV(v + i + CVL) * s);
         }
         for (; i + CVL <= n; i += CVL) STORECV(w + i, LOADCV(v + i) * s);
+#ifdef LDPCV
+        /* the tail through a mask: the same products, elementwise */
+        if (i < n) STPCV(w + i, (int)(n - i), LDPCV(v + i, (int)(n - i)) * s);
+#else
         for (; i < n; i++) w[i] = STF(LDF(v[i]) * scale);
+#endif
     } else {
         for (; i < n; i++) w[i * sw] = STF(LDF(v[i * sv]) * scale);
     }
@@ -201,7 +207,7 @@ WN_INLINE void FN(bwd_run)(T *gv, int64_t sgv, const T *gw, int64_t sgw,
 {
     int64_t i = 0;
     if (sgv == 1 && sgw == 1 && sv == 1) {
-        const CV va = (CV){0} + a, vb = (CV){0} + b;
+        const CV va = a - (CV){0}, vb = b - (CV){0};   /* broadcasts, -0 kept */
         if (nt) {
             enum { B = WN_BUFBYTES / sizeof(T) };
             T buf[B] __attribute__((aligned(64)));
@@ -215,7 +221,14 @@ WN_INLINE void FN(bwd_run)(T *gv, int64_t sgv, const T *gw, int64_t sgw,
         }
         for (; i + CVL <= n; i += CVL)
             STORECV(gv + i, va * LOADCV(gw + i) - vb * LOADCV(v + i));
+#ifdef LDPCV
+        if (i < n) {
+            const int m = (int)(n - i);
+            STPCV(gv + i, m, va * LDPCV(gw + i, m) - vb * LDPCV(v + i, m));
+        }
+#else
         for (; i < n; i++) gv[i] = STB(a * LDB(gw[i]) - b * LDB(v[i]));
+#endif
     } else {
         for (; i < n; i++)
             gv[i * sgv] = STB(a * LDB(gw[i * sgw]) - b * LDB(v[i * sv]));
@@ -381,6 +394,239 @@ WN_INLINE void FN(bwd_row)(const wn_call *c, int64_t r, double dot, int store,
     if (store) ((T *)c->grad_g)[r] = gg;
 }
 
+/* ---- short rows (WN_MODE_SHORT) ----------------------------------------- */
+
+#if WN_FLUSH && WN_SHORT_MAX / WN_LANES > WN_FLUSH
+#error "short rows: a row's float32 lane partials must not need a flush"
+#endif
+#if WN_SB % 16 || WN_SB % CVL
+#error "short rows: a batch is whole groups of CVL rows"
+#endif
+
+/* m (1 <= m <= WN_VDL) elements at p as doubles (LDD, exact), zeros beyond. */
+WN_INLINE VD FN(ldptd)(const T *p, int m)
+{
+#ifdef LDPTD
+    return LDPTD(p, m);
+#else
+    double d[WN_VDL] __attribute__((aligned(64)));
+    for (int l = 0; l < WN_VDL; l++) d[l] = l < m ? LDD(p[l]) : 0.0;
+    return WN_LD_F64(d);
+#endif
+}
+
+/* One contiguous row of n <= WN_SHORT_MAX elements: its 32 lanes formed in
+ * registers exactly as vsumsq (y == NULL) or vdot (x . y) form them in the
+ * caller's acc (zeroed lanes; whole 32-element blocks in float32 partials,
+ * for float32 and 16-bit types, added to the lanes; the tail's float64
+ * products added lane by lane; lanes a tail does not reach get nothing, and
+ * adding the zeros of a padded vector to a lane -- never -0, since it
+ * started at +0 -- leaves it as it is), then the tree's levels w = 16 and 8
+ * (lane j += lane j + w).  The 8 lanes left go to out[0 .. 8). */
+WN_INLINE void FN(short_lanes)(const T *restrict x, const T *restrict y, int n,
+                               double *restrict out)
+{
+    VD a[WN_NVD];
+    WN_UNROLL
+    for (int q = 0; q < WN_NVD; q++) a[q] = (VD){0};
+    const int nblk = n / WN_LANES;
+#if WN_FLUSH
+    if (nblk) {
+        VF p[WN_NVF];
+        WN_UNROLL
+        for (int q = 0; q < WN_NVF; q++) p[q] = (VF){0};
+        for (int b = 0; b < nblk; b++)
+            WN_UNROLL
+            for (int q = 0; q < WN_NVF; q++) {
+                const VF t = LOADVF(x + b * WN_LANES + q * WN_VFL);
+                p[q] += y ? t * LOADVF(y + b * WN_LANES + q * WN_VFL) : t * t;
+            }
+        WN_UNROLL
+        for (int q = 0; q < WN_NVF; q++) {
+            VD lo, hi;
+            WN_WIDEN(p[q], &lo, &hi);
+            a[2 * q] += lo;
+            a[2 * q + 1] += hi;
+        }
+    }
+#else
+    for (int b = 0; b < nblk; b++)
+        WN_UNROLL
+        for (int q = 0; q < WN_NVD; q++) {
+            const VD t = LOADVD(x + b * WN_LANES + q * WN_VDL);
+            a[q] += y ? t * LOADVD(y + b * WN_LANES + q * WN_VDL) : t * t;
+        }
+#endif
+    const int i0 = nblk * WN_LANES, r = n - i0;
+    WN_UNROLL
+    for (int q = 0; q < WN_NVD; q++)
+        if (q * WN_VDL < r) {
+            const int m = r - q * WN_VDL < WN_VDL ? r - q * WN_VDL : WN_VDL;
+            const VD t = FN(ldptd)(x + i0 + q * WN_VDL, m);
+            a[q] += y ? t * FN(ldptd)(y + i0 + q * WN_VDL, m) : t * t;
+        }
+    WN_UNROLL
+    for (int m = WN_NVD / 2; m * WN_VDL >= 8; m /= 2)
+        WN_UNROLL
+        for (int q = 0; q < m; q++) a[q] += a[q + m];
+    WN_UNROLL
+    for (int q = 0; q < 8 / WN_VDL; q++) WN_ST_F64(out + q * WN_VDL, a[q]);
+}
+
+/* Row totals of rows [r0, r0 + nb) of a batch (nb <= WN_SB): tot[k], and
+ * zeros for the batch's unused slots. */
+WN_INLINE void FN(short_totals)(const T *v, int64_t sv, const T *gw, int64_t sgw,
+                                int64_t r0, int nb, int n, double *restrict tot)
+{
+    double lanes[WN_SB * 8] __attribute__((aligned(64)));
+    for (int k = 0; k < nb; k++)
+        FN(short_lanes)(v + (r0 + k) * sv, gw ? gw + (r0 + k) * sgw : NULL, n,
+                        lanes + 8 * k);
+    const int nh = (nb + 7) / 8 * 8;
+    for (int k = nb; k < nh; k++) memset(lanes + 8 * k, 0, 8 * sizeof(double));
+    for (int h = 0; h < nh; h += 8) WN_HSUM8(lanes + 8 * h, tot + h);
+    for (int k = nh; k < WN_SB; k++) tot[k] = 0.0;   /* slots a batch of rb < WN_SB leaves */
+}
+
+/* Dense short rows (back to back in every array, n dividing CVL): the
+ * batch is one run; vector j of it holds CVL / n whole rows, whose scalars
+ * a shuffle of the row scalars spreads out (index l / n).  Each element
+ * gets the same product as in scale_run / bwd_run. */
+WN_INLINE CVI FN(short_spread)(int n)
+{
+    CVI idx;
+    for (int l = 0; l < CVL; l++) idx[l] = l / n;
+    return idx;
+}
+
+WN_INLINE void FN(short_scale_dense)(T *restrict w, const T *restrict v,
+                                     const CT *restrict s, int nb, int n, CVI idx)
+{
+    const int rpv = CVL / n;
+    int64_t i = 0;
+    /* groups of CVL rows: n vectors, their scalars from one vector load */
+    for (int k = 0; k + CVL <= nb; k += CVL) {
+        const CV sv = LOADC(s + k);
+        for (int q = 0; q < n; q++, i += CVL)
+            STORECV(w + i, LOADCV(v + i) * __builtin_shuffle(sv, idx + q * rpv));
+    }
+    for (const int64_t ne = (int64_t)nb * n; i < ne; i++)
+        w[i] = STF(LDF(v[i]) * s[i / n]);
+}
+
+WN_INLINE void FN(short_bwd_dense)(T *restrict gv, const T *restrict gw,
+                                   const T *restrict v, const BT *restrict a,
+                                   const BT *restrict b, int nb, int n, CVI idx)
+{
+    const int rpv = CVL / n;
+    int64_t i = 0;
+    for (int k = 0; k + CVL <= nb; k += CVL) {
+        const CV av = LOADC(a + k), bv = LOADC(b + k);
+        for (int q = 0; q < n; q++, i += CVL) {
+            const CVI x = idx + q * rpv;
+            STORECV(gv + i, __builtin_shuffle(av, x) * LOADCV(gw + i)
+                            - __builtin_shuffle(bv, x) * LOADCV(v + i));
+        }
+    }
+    for (const int64_t ne = (int64_t)nb * n; i < ne; i++)
+        gv[i] = STB(a[i / n] * LDB(gw[i]) - b[i / n] * LDB(v[i]));
+}
+
+/* Forward / row scale over batches [u0, u1) of WN_SB short rows: all sums,
+ * then the batch's scalars in one loop over the batch (fwd_row_scalars,
+ * vectorized across rows; unused slots compute on row r0's g and are
+ * dropped), then the scaling while the batch is in L1. */
+static void FN(short_fwd)(const wn_task *t, int64_t u0, int64_t u1)
+{
+    const wn_call *c = t->c;
+    const wn_layout *L = c->layout;
+    const T *v = (const T *)c->v, *g = (const T *)c->g;
+    T *w = (T *)c->w;
+    NT *norms = (NT *)c->norms_out;
+    const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
+    const int64_t sw = L->kept_ndim ? L->kept_stride[1][0] : 0;
+    const int64_t gs = c->g_stride;
+    const int n = (int)L->rowlen;
+    const double eps = c->eps;
+    const int rb = t->rb;   /* rows per batch, <= WN_SB */
+    const int dense = sv == n && sw == n && n < CVL && CVL % n == 0 && !t->nt;
+    const CVI idx = FN(short_spread)(n);
+    for (int64_t bt = u0; bt < u1; bt++) {
+        const int64_t r0 = bt * rb;
+        const int nb = L->nrows - r0 < rb ? (int)(L->nrows - r0) : rb;
+        double tot[WN_SB] __attribute__((aligned(64)));
+        FN(short_totals)(v, sv, NULL, 0, r0, nb, n, tot);
+        T gk[WN_SB];
+        NT nk[WN_SB];
+        CT sk[WN_SB] __attribute__((aligned(64)));
+        if (gs == 1 && nb == rb)
+            memcpy(gk, g + r0, rb * sizeof *gk);
+        else
+            for (int k = 0; k < rb; k++) gk[k] = g[(r0 + (k < nb ? k : 0)) * gs];
+        if (c->scale) {
+            for (int k = 0; k < nb; k++) sk[k] = FN(fwd_row)(c, r0 + k, tot[k], 1);
+        } else {
+            for (int k = 0; k < rb; k++)
+                sk[k] = FN(fwd_row_scalars)(tot[k], eps, gk[k], &nk[k]);
+            for (int k = 0; k < nb; k++) norms[r0 + k] = nk[k];
+        }
+        if (!w) continue;
+        if (dense) {
+            FN(short_scale_dense)(w + r0 * sw, v + r0 * sv, sk, nb, n, idx);
+        } else {
+            for (int k = 0; k < nb; k++)
+                FN(scale_run)(w + (r0 + k) * sw, 1, v + (r0 + k) * sv, 1, n, sk[k], t->nt);
+        }
+    }
+}
+
+/* Backward over batches [u0, u1) of WN_SB short rows (as short_fwd). */
+static void FN(short_bwd)(const wn_task *t, int64_t u0, int64_t u1)
+{
+    const wn_call *c = t->c;
+    const wn_layout *L = c->layout;
+    const T *v = (const T *)c->v, *gw = (const T *)c->grad_w, *g = (const T *)c->g;
+    const NT *norms = (const NT *)c->norms;
+    T *gv = (T *)c->grad_v, *grad_g = (T *)c->grad_g;
+    const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
+    const int64_t sgw = L->kept_ndim ? L->kept_stride[1][0] : 0;
+    const int64_t sgv = L->kept_ndim ? L->kept_stride[2][0] : 0;
+    const int64_t gs = c->g_stride, ns = c->norms_stride;
+    const int n = (int)L->rowlen;
+    const int rb = t->rb;
+    const int dense = sv == n && sgw == n && sgv == n && n < CVL && CVL % n == 0 && !t->nt;
+    const CVI idx = FN(short_spread)(n);
+    for (int64_t bt = u0; bt < u1; bt++) {
+        const int64_t r0 = bt * rb;
+        const int nb = L->nrows - r0 < rb ? (int)(L->nrows - r0) : rb;
+        double tot[WN_SB] __attribute__((aligned(64)));
+        FN(short_totals)(v, sv, gw, sgw, r0, nb, n, tot);
+        T gk[WN_SB], ggk[WN_SB];
+        NT nk[WN_SB];
+        BT a[WN_SB] __attribute__((aligned(64))), b[WN_SB] __attribute__((aligned(64)));
+        if (gs == 1 && ns == 1 && nb == rb) {
+            memcpy(gk, g + r0, rb * sizeof *gk);
+            memcpy(nk, norms + r0, rb * sizeof *nk);
+        } else {
+            for (int k = 0; k < rb; k++) {
+                const int64_t r = r0 + (k < nb ? k : 0);
+                gk[k] = g[r * gs];
+                nk[k] = norms[r * ns];
+            }
+        }
+        for (int k = 0; k < rb; k++)
+            FN(bwd_row_scalars)(tot[k], nk[k], gk[k], &ggk[k], &a[k], &b[k]);
+        for (int k = 0; k < nb; k++) grad_g[r0 + k] = ggk[k];
+        if (dense) {
+            FN(short_bwd_dense)(gv + r0 * sgv, gw + r0 * sgw, v + r0 * sv, a, b, nb, n, idx);
+        } else {
+            for (int k = 0; k < nb; k++)
+                FN(bwd_run)(gv + (r0 + k) * sgv, 1, gw + (r0 + k) * sgw, 1,
+                            v + (r0 + k) * sv, 1, n, a[k], b[k], t->nt);
+        }
+    }
+}
+
 /* ---- row modes ---------------------------------------------------------- */
 
 /* Forward / row scale, units [u0, u1): batches of simple rows, or rows. */
@@ -392,6 +638,10 @@ static void FN(fwd_rows)(const wn_task *t, int64_t u0, int64_t u1)
     const T *v = (const T *)c->v;
     T *w = (T *)c->w;                 /* NULL: row scale (no second pass) */
     const int nt = t->nt;
+    if (t->mode == WN_MODE_SHORT) {
+        FN(short_fwd)(t, u0, u1);
+        return;
+    }
     if (t->mode == WN_MODE_SIMPLE) {
         /* One contiguous piece per row at a fixed row stride: the same
          * arithmetic as the general path without the layout walking (short
@@ -475,6 +725,10 @@ static void FN(bwd_rows)(const wn_task *t, int64_t u0, int64_t u1)
     const T *v = (const T *)c->v, *gw = (const T *)c->grad_w;
     T *gv = (T *)c->grad_v;
     const int nt = t->nt;
+    if (t->mode == WN_MODE_SHORT) {
+        FN(short_bwd)(t, u0, u1);
+        return;
+    }
     if (t->mode == WN_MODE_SIMPLE) {
         const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
         const int64_t sgw = L->kept_ndim ? L->kept_stride[1][0] : 0;

@@ -31,6 +31,11 @@
 #define VD WN_CAT(wn, vd, ISA)
 typedef float VF __attribute__((vector_size(WN_VB), aligned(4)));
 typedef double VD __attribute__((vector_size(WN_VB), aligned(8)));
+/* shuffle indices of a VF / VD */
+#define VFI WN_CAT(wn, vfi, ISA)
+#define VDI WN_CAT(wn, vdi, ISA)
+typedef int32_t VFI __attribute__((vector_size(WN_VB)));
+typedef int64_t VDI __attribute__((vector_size(WN_VB)));
 
 /* Unaligned loads and stores through intrinsics: GCC expands a memcpy into a
  * vector through the stack (and generic tuning splits 256-bit accesses). */
@@ -183,6 +188,106 @@ WN_INLINE void WN_CAT(wn, zero, ISA)(double *acc)
 }
 #define WN_ZERO WN_CAT(wn, zero, ISA)
 
+/* ---- short rows (see short_fwd in wn_impl.h) --------------------------- */
+
+/* A VF's float32 values widened exactly into two VDs (lanes lo, then hi). */
+WN_INLINE void WN_CAT(wn, widen, ISA)(VF p, VD *lo, VD *hi)
+{
+#if WN_VB == 64
+    *lo = (VD)_mm512_cvtps_pd(_mm512_castps512_ps256((__m512)p));
+    *hi = (VD)_mm512_cvtps_pd(_mm512_extractf32x8_ps((__m512)p, 1));
+#elif WN_VB == 32
+    *lo = (VD)_mm256_cvtps_pd(_mm256_castps256_ps128((__m256)p));
+    *hi = (VD)_mm256_cvtps_pd(_mm256_extractf128_ps((__m256)p, 1));
+#elif defined(__SSE2__)
+    *lo = (VD)_mm_cvtps_pd((__m128)p);
+    *hi = (VD)_mm_cvtps_pd(_mm_movehl_ps((__m128)p, (__m128)p));
+#else
+    for (int l = 0; l < WN_VDL; l++) { (*lo)[l] = (double)p[l]; (*hi)[l] = (double)p[l + WN_VDL]; }
+#endif
+}
+#define WN_WIDEN WN_CAT(wn, widen, ISA)
+
+/* Eight rows' last three levels of the lanes' tree: `l` holds, per row k,
+ * the 8 lanes l[8k + j] left after the levels w = 16 and 8; out[k] gets
+ * ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)) -- at each level lane j
+ * += lane j + w, the order of wn_lanes_total -- for all eight rows at once
+ * (a transpose folded into the adds).  l and out are 64-byte aligned. */
+WN_INLINE void WN_CAT(wn, hsum8, ISA)(const double *l, double *out)
+{
+#if WN_VB == 64
+    const __m512d r0 = _mm512_load_pd(l), r1 = _mm512_load_pd(l + 8),
+                  r2 = _mm512_load_pd(l + 16), r3 = _mm512_load_pd(l + 24),
+                  r4 = _mm512_load_pd(l + 32), r5 = _mm512_load_pd(l + 40),
+                  r6 = _mm512_load_pd(l + 48), r7 = _mm512_load_pd(l + 56);
+    /* w = 4: pairs of rows; 128-bit lanes [a(m0 m1), a(m2 m3), b(..), b(..)] */
+#define WN_H4(a, b) _mm512_add_pd(_mm512_shuffle_f64x2(a, b, 0x44), _mm512_shuffle_f64x2(a, b, 0xEE))
+    const __m512d s02 = WN_H4(r0, r2), s46 = WN_H4(r4, r6), s13 = WN_H4(r1, r3), s57 = WN_H4(r5, r7);
+#undef WN_H4
+    /* w = 2: [a(p0 p1), b(..), c(..), d(..)] */
+#define WN_H2(a, b) _mm512_add_pd(_mm512_shuffle_f64x2(a, b, 0x88), _mm512_shuffle_f64x2(a, b, 0xDD))
+    const __m512d pe = WN_H2(s02, s46), po = WN_H2(s13, s57);   /* rows 0 2 4 6 / 1 3 5 7 */
+#undef WN_H2
+    /* w = 1 */
+    _mm512_store_pd(out, _mm512_add_pd(_mm512_unpacklo_pd(pe, po), _mm512_unpackhi_pd(pe, po)));
+#elif WN_VB == 32
+    for (int h = 0; h < 2; h++) {
+        const double *q = l + 32 * h;
+        /* w = 4: the row's two halves */
+        const __m256d m0 = _mm256_add_pd(_mm256_load_pd(q), _mm256_load_pd(q + 4));
+        const __m256d m1 = _mm256_add_pd(_mm256_load_pd(q + 8), _mm256_load_pd(q + 12));
+        const __m256d m2 = _mm256_add_pd(_mm256_load_pd(q + 16), _mm256_load_pd(q + 20));
+        const __m256d m3 = _mm256_add_pd(_mm256_load_pd(q + 24), _mm256_load_pd(q + 28));
+        /* w = 2: [a.p0 a.p1 b.p0 b.p1] for rows (0, 2) and (1, 3) */
+        const __m256d p02 = _mm256_add_pd(_mm256_permute2f128_pd(m0, m2, 0x20),
+                                          _mm256_permute2f128_pd(m0, m2, 0x31));
+        const __m256d p13 = _mm256_add_pd(_mm256_permute2f128_pd(m1, m3, 0x20),
+                                          _mm256_permute2f128_pd(m1, m3, 0x31));
+        /* w = 1 */
+        _mm256_store_pd(out + 4 * h, _mm256_add_pd(_mm256_unpacklo_pd(p02, p13),
+                                                   _mm256_unpackhi_pd(p02, p13)));
+    }
+#else
+    for (int k = 0; k < 8; k++) {
+        double a[8];
+        memcpy(a, l + 8 * k, sizeof a);
+        for (int w = 4; w >= 1; w /= 2)
+            for (int j = 0; j < w; j++) a[j] += a[j + w];
+        out[k] = a[0];
+    }
+#endif
+}
+#define WN_HSUM8 WN_CAT(wn, hsum8, ISA)
+
+/* AVX-512: m (1 <= m <= lanes) elements through a mask, zeros beyond. */
+#if WN_VB == 64
+#define WN_HAVE_MASK 1
+#define WN_M16(m) ((__mmask16)((1u << (m)) - 1u))
+#define WN_M8(m) ((__mmask8)((1u << (m)) - 1u))
+#define WN_LDP_F32(p, m) ((VF)_mm512_maskz_loadu_ps(WN_M16(m), (p)))
+#define WN_STP_F32(p, m, x) _mm512_mask_storeu_ps((p), WN_M16(m), (__m512)(x))
+#define WN_LDP_F64(p, m) ((VD)_mm512_maskz_loadu_pd(WN_M8(m), (p)))
+#define WN_STP_F64(p, m, x) _mm512_mask_storeu_pd((p), WN_M8(m), (__m512d)(x))
+#define WN_LDP_F16(p, m) ((VF)_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(WN_M16(m), (p))))
+#define WN_STP_F16(p, m, x) _mm256_mask_storeu_epi16((p), WN_M16(m), \
+    _mm512_cvtps_ph((__m512)(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+#define WN_LDP_BF16(p, m) ((VF)_mm512_castsi512_ps(_mm512_slli_epi32( \
+    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(WN_M16(m), (p))), 16)))
+WN_INLINE void WN_CAT(wn, stp_bf16, ISA)(uint16_t *p, int m, VF x)
+{
+    uint16_t b[16] __attribute__((aligned(32)));
+    WN_ST_BF16(b, x);
+    _mm256_mask_storeu_epi16(p, WN_M16(m), _mm256_load_si256((const __m256i *)b));
+}
+#define WN_STP_BF16(p, m, x) WN_CAT(wn, stp_bf16, ISA)((p), (m), (x))
+/* as doubles: m <= 8 elements */
+#define WN_LDPD_F32(p, m) ((VD)_mm512_cvtps_pd(_mm256_maskz_loadu_ps(WN_M8(m), (p))))
+#define WN_LDPD_F64(p, m) WN_LDP_F64(p, m)
+#define WN_LDPD_F16(p, m) ((VD)_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(WN_M8(m), (p)))))
+#define WN_LDPD_BF16(p, m) ((VD)_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32( \
+    _mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(WN_M8(m), (p))), 16))))
+#endif
+
 /* Streaming (non-temporal) copy of a 64-byte-aligned L1 buffer to a
  * 64-byte-aligned destination; nbytes is a multiple of 64. */
 WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes)
@@ -222,12 +327,21 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define WN_FLUSH 4
 #define LOADVF(p) WN_LD_F32(p)
 #define CV VF
+#define CVI VFI
 #define CVL WN_VFL
 #define LOADCV(p) WN_LD_F32(p)
 #define STORECV(p, x) WN_ST_F32(p, x)
 #define LOADC(p) WN_LD_F32(p)
 #define SCALE_OUT(q) ((float)(q))
+#ifdef WN_HAVE_MASK
+#define LDPCV(p, m) WN_LDP_F32(p, m)
+#define STPCV(p, m, x) WN_STP_F32(p, m, x)
+#define LDPTD(p, m) WN_LDPD_F32(p, m)
+#endif
 #include "wn_impl.h"
+#undef LDPCV
+#undef STPCV
+#undef LDPTD
 #undef FN
 #undef T
 #undef NT
@@ -241,6 +355,7 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef WN_FLUSH
 #undef LOADVF
 #undef CV
+#undef CVI
 #undef CVL
 #undef LOADCV
 #undef STORECV
@@ -261,12 +376,21 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define WN_FLUSH 0
 #define LOADVD(p) WN_LD_F64(p)
 #define CV VD
+#define CVI VDI
 #define CVL WN_VDL
 #define LOADCV(p) WN_LD_F64(p)
 #define STORECV(p, x) WN_ST_F64(p, x)
 #define LOADC(p) WN_LD_F64(p)
 #define SCALE_OUT(q) (q)
+#ifdef WN_HAVE_MASK
+#define LDPCV(p, m) WN_LDP_F64(p, m)
+#define STPCV(p, m, x) WN_STP_F64(p, m, x)
+#define LDPTD(p, m) WN_LDPD_F64(p, m)
+#endif
 #include "wn_impl.h"
+#undef LDPCV
+#undef STPCV
+#undef LDPTD
 #undef FN
 #undef T
 #undef NT
@@ -280,6 +404,7 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef WN_FLUSH
 #undef LOADVD
 #undef CV
+#undef CVI
 #undef CVL
 #undef LOADCV
 #undef STORECV
@@ -302,12 +427,21 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define WN_FLUSH 16
 #define LOADVF(p) WN_LD_F16(p)
 #define CV VF
+#define CVI VFI
 #define CVL WN_VFL
 #define LOADCV(p) WN_LD_F16(p)
 #define STORECV(p, x) WN_ST_F16(p, x)
 #define LOADC(p) WN_LD_F32(p)
 #define SCALE_OUT(q) wn_f2h(wn_d2f_odd(q))
+#ifdef WN_HAVE_MASK
+#define LDPCV(p, m) WN_LDP_F16(p, m)
+#define STPCV(p, m, x) WN_STP_F16(p, m, x)
+#define LDPTD(p, m) WN_LDPD_F16(p, m)
+#endif
 #include "wn_impl.h"
+#undef LDPCV
+#undef STPCV
+#undef LDPTD
 #undef FN
 #undef T
 #undef LDD
@@ -333,7 +467,15 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define LOADCV(p) WN_LD_BF16(p)
 #define STORECV(p, x) WN_ST_BF16(p, x)
 #define SCALE_OUT(q) wn_f2bf(wn_d2f_odd(q))
+#ifdef WN_HAVE_MASK
+#define LDPCV(p, m) WN_LDP_BF16(p, m)
+#define STPCV(p, m, x) WN_STP_BF16(p, m, x)
+#define LDPTD(p, m) WN_LDPD_BF16(p, m)
+#endif
 #include "wn_impl.h"
+#undef LDPCV
+#undef STPCV
+#undef LDPTD
 #undef FN
 #undef T
 #undef NT
@@ -347,6 +489,7 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef WN_FLUSH
 #undef LOADVF
 #undef CV
+#undef CVI
 #undef CVL
 #undef LOADCV
 #undef STORECV
@@ -354,6 +497,9 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef SCALE_OUT
 
 #undef STREAM
+#undef WN_WIDEN
+#undef WN_HSUM8
+#undef WN_HAVE_MASK
 #undef WN_FLUSH1
 #undef WN_TOTAL
 #undef WN_ZERO
@@ -367,6 +513,8 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef WN_ST_BF16
 #undef VF
 #undef VD
+#undef VFI
+#undef VDI
 #undef WN_VB
 #undef WN_VFL
 #undef WN_VDL
