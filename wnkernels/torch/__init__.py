@@ -10,6 +10,10 @@ model conversion.
 * `convert(model)`: every weight norm already on a model (PyTorch's
   parametrization or the legacy hook) switched to wnkernels' one;
   `remove_weight_norm(model)` folds any of them into a plain weight.
+* `WeightNormLinear` / `WeightNormConv1d` / `WeightNormConv2d`: layers that
+  never form w (``y = op(x, v) * scale + b``, fused backward);
+  `GroupedWeightNorm(model)`: every weight of a model in one grouped forward
+  and one grouped backward per step; `data_dependent_init(model, batch)`.
 
 Importing this module imports torch; ``import wnkernels`` alone does not.
 """
@@ -21,12 +25,17 @@ from typing import Tuple
 from torch import Tensor
 
 from ._convert import convert, remove_weight_norm
+from ._grouped import GroupedWeightNorm, grouped_weight_norm
+from ._init import InitResult, data_dependent_init
+from ._layers import WeightNormConv1d, WeightNormConv2d, WeightNormLinear, layers_from_model
 from . import _ops
 from ._ops import normalize_dims, weight_norm_backward_op
 from ._parametrize import WeightNorm, weight_norm
 
 __all__ = ["weight_norm", "WeightNorm", "convert", "remove_weight_norm",
-           "weight_norm_fn", "row_scale_fn", "weight_norm_backward_fn"]
+           "weight_norm_fn", "row_scale_fn", "weight_norm_backward_fn",
+           "WeightNormLinear", "WeightNormConv1d", "WeightNormConv2d", "layers_from_model",
+           "GroupedWeightNorm", "grouped_weight_norm", "data_dependent_init", "InitResult"]
 
 
 def weight_norm_fn(v: Tensor, g: Tensor, dim=0, *, eps: float = 0.0) -> Tuple[Tensor, Tensor]:
