@@ -30,7 +30,7 @@ from torch import Tensor
 import wnkernels
 from .._arrays import ArrayInfo
 from .._layout import normalize_dim
-from .._planner import BACKWARD, FORWARD, ROW_SCALE, plan_call
+from .._planner import BACKWARD, FORWARD, ROW_SCALE, dense_strides, plan_call
 
 __all__ = ["normalize_dims", "output_specs", "weight_norm", "row_scale"]
 
@@ -90,10 +90,11 @@ def _forward(v: Tensor, g: Tensor, dims: List[int], eps: float,
     # the norm rounded to v's dtype before the division: one read of v for
     # the norms, one fused pass for w = v * a (computed in float32, rounded once)
     _, norms = wnkernels.row_scale(v, g, dim, eps=eps)
-    a = g.float().reshape(_keepdim_shape(v.shape, dims)) / \
-        norms.to(v.dtype).float().reshape(_keepdim_shape(v.shape, dims))
-    (spec, _) = output_specs(FORWARD, (v, g, None), dims)
-    w = _empty_like_spec(spec, v)
+    shape = _keepdim_shape(v.shape, dims)
+    a = g.float().reshape(shape) / norms.to(v.dtype).float().reshape(shape)
+    # w laid out as the planner lays out the forward's w (the call above validated)
+    w = torch.empty_strided(v.shape, dense_strides(v.shape, v.stride()), dtype=v.dtype,
+                            device=v.device)
     torch.mul(v, a, out=w)
     return w, norms
 

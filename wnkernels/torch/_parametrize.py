@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .._planner import check_eps
 from . import _ops
 from ._ops import normalize_dims
 
@@ -97,8 +98,7 @@ def weight_norm(module: nn.Module, name: str = "weight", dim: Optional[int] = 0,
     """Apply wnkernels' weight normalization to ``module.<name>`` (a drop-in for
     ``torch.nn.utils.parametrizations.weight_norm``; see the module docstring).
     Returns the module."""
-    if eps < 0 or eps != eps:
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    eps = check_eps(eps)
     weight = getattr(module, name, None)
     if not isinstance(weight, Tensor):
         raise ValueError(f"module has no tensor parameter {name!r}")
