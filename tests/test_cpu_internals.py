@@ -22,6 +22,7 @@ from wnkernels.cpu import _kernels as _cpu
 CASES = [
     ((257, 33), 0), ((3, 40001), 0), ((33, 7, 5), 1), ((300, 37), 1),
     ((3000, 11), 1), ((9, 6, 5, 4), (0, 2)), ((17, 19), None),
+    ((2500, 130), 1), ((40, 9, 100), 2),
 ]
 DTYPES = ["float16", "float32", "float64", "bfloat16"]
 
@@ -44,10 +45,13 @@ for shape, dim, dtype in cases:
     kept = tuple(k % len(shape) for k in kept)
     g = rng.standard_normal([n if i in kept else 1 for i, n in enumerate(shape)]).astype(npdt)
     gw = rng.standard_normal(shape).astype(npdt)
-    w, n = wnkernels.weight_norm(v, g, dim, eps=1e-3)
-    gv, gg = wnkernels.weight_norm_backward(gw, v, g, n, dim)
-    for a in (w, n, gv, gg):
-        h.update(np.ascontiguousarray(a).view(np.uint8).tobytes())
+    # reversed (strided) and C-contiguous: a contiguous kept axis takes the
+    # column panels, a reversed one the per-step path
+    for x in (v, v.copy()):
+        w, n = wnkernels.weight_norm(x, g, dim, eps=1e-3)
+        gv, gg = wnkernels.weight_norm_backward(gw, x, g, n, dim)
+        for a in (w, n, gv, gg):
+            h.update(np.ascontiguousarray(a).view(np.uint8).tobytes())
 print(h.hexdigest())
 """
 
@@ -440,3 +444,48 @@ def test_pool_makes_room_for_new_sizes(monkeypatch):
     assert pool._pooled_bytes_locked() == 3 << 20
     assert live.base is not None and any(
         b is live.base for bufs in pool._bufs.values() for b in bufs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,dim,cut", [
+    ((2500, 130), 1, None),         # two full panels and a partial, 2 superchunks
+    ((3000, 64), -1, None),         # one full panel, blocks split over threads
+    ((700, 37), 1, None),           # one partial panel, one superchunk
+    ((40, 9, 100), 2, 1),           # reduced dims that do not coalesce
+    ((3, 1100, 2, 96), (2, 3), 2),  # two kept dims, several column blocks
+])
+@pytest.mark.parametrize("stream", [0, 1 << 40])
+def test_column_panels_match_the_per_step_path(dtype, shape, dim, cut, stream):
+    """A contiguous kept axis takes the register-held column panels; a kept
+    stride of 2 takes the per-step column path.  Same values, same bits."""
+    rng = np.random.default_rng(sum(shape))
+    npdt = zoo.np_dtype(dtype)
+    kept = dim if isinstance(dim, tuple) else (dim,)
+    kept = tuple(k % len(shape) for k in kept)
+    g = rng.standard_normal([n if i in kept else 1 for i, n in enumerate(shape)]).astype(npdt)
+    wide = list(shape)
+    wide[-1] *= 2
+    if cut is not None:
+        wide[cut] += 1
+    base_v = rng.standard_normal(wide).astype(npdt)
+    base_gw = rng.standard_normal(wide).astype(npdt)
+    index = tuple(slice(1, None) if i == cut else slice(None) for i in range(len(shape) - 1))
+    strided_v, strided_gw = base_v[index + (slice(None, None, 2),)], base_gw[index + (slice(None, None, 2),)]
+    dense_v, dense_gw = strided_v.copy(), strided_gw.copy()
+    if cut is not None:     # a slice: the reduced dims keep their gap
+        dense_v = np.empty(wide, npdt)[index + (slice(0, shape[-1]),)]
+        dense_gw = np.empty(wide, npdt)[index + (slice(0, shape[-1]),)]
+        dense_v[...], dense_gw[...] = strided_v, strided_gw
+    before = _cpu.get_stream_threshold()
+    try:
+        _cpu.set_stream_threshold(stream)
+        res = []
+        for v, gw in ((dense_v, dense_gw), (strided_v, strided_gw)):
+            w, n = wnkernels.weight_norm(v, g, dim, eps=1e-3)
+            gv, gg = wnkernels.weight_norm_backward(gw, v, g, n, dim)
+            scale, n2 = wnkernels.row_scale(v, g, dim, eps=1e-3)
+            res.append([np.ascontiguousarray(a).view(np.uint8) for a in (w, n, gv, gg, scale, n2)])
+    finally:
+        _cpu.set_stream_threshold(before)
+    for a, b in zip(*res):
+        assert np.array_equal(a, b)
