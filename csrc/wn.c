@@ -119,6 +119,17 @@ int64_t wn_get_col_budget(void) { return wn_col_budget; }
 #undef ISA
 #pragma GCC pop_options
 
+/* AVX-512 with AVX512_BF16 (Zen 4, Sapphire Rapids): bfloat16 stores in
+ * one instruction; the other dtypes are the avx512 variant's. */
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c,bmi,bmi2,prefer-vector-width=512")
+#define ISA avx512bf16
+#define WN_BF16_ONLY
+#include "wn_isa.h"
+#undef WN_BF16_ONLY
+#undef ISA
+#pragma GCC pop_options
+
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,bmi,bmi2,tune=haswell")
 #define ISA avx2
@@ -137,13 +148,15 @@ typedef struct { wn_units_fn units; wn_team_fn team; } wn_entry;
 #define WN_ROW(isa) \
     { WN_ENTRY(f16, isa), WN_ENTRY(bf16, isa), WN_ENTRY(f32, isa), WN_ENTRY(f64, isa) }
 
-enum { WN_ISA_BASELINE, WN_ISA_AVX2, WN_ISA_AVX512, WN_NISA };
-static const char *const wn_isa_names[WN_NISA] = {"baseline", "avx2", "avx512"};
+enum { WN_ISA_BASELINE, WN_ISA_AVX2, WN_ISA_AVX512, WN_ISA_AVX512BF16, WN_NISA };
+static const char *const wn_isa_names[WN_NISA] = {"baseline", "avx2", "avx512", "avx512bf16"};
 static const wn_entry wn_table[WN_NISA][WN_NDTYPES] = {
     WN_ROW(baseline),
 #ifdef WN_X86
     WN_ROW(avx2),
     WN_ROW(avx512),
+    { WN_ENTRY(f16, avx512), WN_ENTRY(bf16, avx512bf16), WN_ENTRY(f32, avx512),
+      WN_ENTRY(f64, avx512) },
 #endif
 };
 
@@ -160,6 +173,8 @@ static int wn_isa_detect(void)
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512dq"))
         best = WN_ISA_AVX512;
+    if (best == WN_ISA_AVX512 && __builtin_cpu_supports("avx512bf16"))
+        best = WN_ISA_AVX512BF16;
 #endif
     const char *want = getenv("WNKERNELS_ISA");
     if (want)

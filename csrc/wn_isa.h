@@ -75,6 +75,15 @@ typedef int64_t VDI __attribute__((vector_size(WN_VB)));
  * vpmovdw is slow on some cores (Zen 4). */
 WN_INLINE void WN_CAT(wn, st_bf16, ISA)(uint16_t *p, VF x)
 {
+#ifdef __AVX512BF16__
+    /* AVX512_BF16 rounds to nearest even and quiets NaNs exactly as below,
+     * but treats float32 subnormal inputs as zero: those take the integer
+     * path, so every variant stores the same bits. */
+    if (!_mm512_fpclass_ps_mask((__m512)x, 0x20)) {
+        _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh((__m512)x));
+        return;
+    }
+#endif
     const __m512i u = _mm512_castps_si512((__m512)x);
     const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u,
@@ -312,6 +321,7 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 
 /* ---- the dtypes: one block each (see the list in wn_impl.h) ------------- */
 
+#ifndef WN_BF16_ONLY   /* the avx512bf16 variant differs from avx512 in bfloat16 only */
 /* float32: float32 lane partials flushed every 4 steps (relative error of a
  * partial <= 5 * 2^-24); computed in float32. */
 #define FN(name) WN_CAT(name, f32, ISA)
@@ -411,6 +421,8 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef LOADC
 #undef SCALE_OUT
 
+#endif /* WN_BF16_ONLY */
+
 /* float16 (IEEE binary16 bit patterns), computed in float32; products of two
  * 16-bit values are exact in float32: partials flushed every 16 steps
  * (<= 16 * 2^-24). */
@@ -438,7 +450,9 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define STPCV(p, m, x) WN_STP_F16(p, m, x)
 #define LDPTD(p, m) WN_LDPD_F16(p, m)
 #endif
+#ifndef WN_BF16_ONLY   /* float16's macros stay: bfloat16 shares some */
 #include "wn_impl.h"
+#endif
 #undef LDPCV
 #undef STPCV
 #undef LDPTD

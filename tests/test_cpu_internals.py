@@ -68,8 +68,8 @@ def _digest(env_extra):
 def test_isa_variants_agree_bitwise():
     """AVX-512, AVX2 and baseline builds sum in the same lanes and order."""
     best = _cpu.isa()
-    variants = {"avx512": ["avx512", "avx2", "baseline"],
-                "avx2": ["avx2", "baseline"]}.get(best, ["baseline"])
+    order = ["avx512bf16", "avx512", "avx2", "baseline"]
+    variants = order[order.index(best):] if best in order else ["baseline"]
     if len(variants) < 2:
         pytest.skip(f"this CPU runs only the {best} variant")
     digests = {isa: _digest({"WNKERNELS_ISA": isa}) for isa in variants}
@@ -489,3 +489,46 @@ def test_column_panels_match_the_per_step_path(dtype, shape, dim, cut, stream):
         _cpu.set_stream_threshold(before)
     for a, b in zip(*res):
         assert np.array_equal(a, b)
+
+
+_BF16_EDGES = r"""
+import hashlib, numpy as np, ml_dtypes, wnkernels
+bf = ml_dtypes.bfloat16
+rng = np.random.default_rng(3)
+v = rng.standard_normal((64, 300)).astype(np.float32)
+# rows whose results are float32 subnormals (AVX512_BF16 would flush them),
+# cross the bfloat16 / float32 subnormal boundary, overflow, or are NaN / inf
+g = np.array([2.0 ** -e for e in range(120, 152)] + [1.0, 3e38, np.inf, np.nan] * 8,
+             np.float32).reshape(64, 1)
+v[5, 7], v[9, 0], v[11, 3] = np.nan, np.inf, -np.inf
+v, g = v.astype(bf), g.astype(bf)
+gw = rng.standard_normal((64, 300)).astype(bf)
+h = hashlib.sha256()
+w, n = wnkernels.weight_norm(v, g)
+gv, gg = wnkernels.weight_norm_backward(gw, v, g, n)
+wt, nt = wnkernels.weight_norm(v.T.copy(), g.T.copy(), 1)      # column mode
+gvt, ggt = wnkernels.weight_norm_backward(gw.T.copy(), v.T.copy(), g.T.copy(), nt, 1)
+for a in (wt, gvt, ggt):
+    h.update(np.ascontiguousarray(a).view(np.uint8).tobytes())
+for a in (w, n, gv, gg):
+    h.update(np.ascontiguousarray(a).view(np.uint8).tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_bfloat16_stores_agree_on_subnormals_and_specials():
+    """The avx512bf16 variant's hardware bfloat16 conversion flushes float32
+    subnormals; those lanes take the integer path, so every variant stores
+    the same bits for subnormal, overflowing, NaN and infinite results."""
+    best = _cpu.isa()
+    order = ["avx512bf16", "avx512", "avx2", "baseline"]
+    variants = order[order.index(best):] if best in order else ["baseline"]
+    if len(variants) < 2:
+        pytest.skip(f"this CPU runs only the {best} variant")
+    digests = set()
+    for isa in variants:
+        out = subprocess.run([sys.executable, "-c", _BF16_EDGES],
+                             env=dict(os.environ, WNKERNELS_ISA=isa),
+                             capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1, digests

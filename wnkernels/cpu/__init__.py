@@ -72,7 +72,8 @@ _kernels.set_threads(_default_threads())
 
 
 def isa() -> str:
-    """The instruction-set variant the kernels run: avx512, avx2 or baseline."""
+    """The instruction-set variant the kernels run: avx512bf16 (AVX-512 with
+    AVX512_BF16 bfloat16 stores), avx512, avx2 or baseline."""
     return _kernels.isa()
 
 
