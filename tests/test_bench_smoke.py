@@ -268,3 +268,21 @@ def test_reference_is_importable_without_the_compiled_extensions(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_markdown_writes_the_results_tables(tmp_path):
+    """``--markdown``: the README's Results tables, one row per case measured, with
+    wnkernels' time, % of roofline and speed-ups per direction, and the geomean."""
+    md = tmp_path / "r.md"
+    rc = bench.main(["bench", "--cases", "latency", "Encodec 24kHz", "--repeat", "1",
+                     "--min-time", "0", "--no-progress", "--markdown", str(md)])
+    assert rc == 0
+    text = md.read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    assert rows[0].startswith("| case | fwd time | fwd % roof | fwd vs torch")
+    assert any(r.startswith("| 64x64 f32 latency |") for r in rows)
+    assert any(r.startswith("| Encodec 24kHz (36 weights) f32 |") for r in rows)
+    latency = next(r for r in rows if r.startswith("| 64x64 f32 latency |")).split(" | ")
+    assert latency[1].endswith("s") and latency[2].endswith("%")
+    if _installed("torch"):
+        assert latency[3].endswith("×") and "Geometric mean vs PyTorch" in text

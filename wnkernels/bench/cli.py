@@ -11,7 +11,8 @@ from typing import Any, Dict, Optional, Sequence
 
 from .cases import (CPU_CASES, CPU_GROUPS, CUDA_CASES, CUDA_GROUPS, DIRECTIONS, GroupCase,
                     select_cases)
-from .report import Progress, format_case, format_summary, machine_info, summarize
+from .report import (Progress, format_case, format_markdown, format_summary, machine_info,
+                     summarize)
 from .timing import SETTLE_S, OtherLoad, busy_warning, measure
 from .workloads import (CheckError, CpuWorkload, CudaWorkload, GroupWorkload, SkipCase,
                         import_torch, require_cuda, roofline_primitives)
@@ -166,6 +167,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also draw the results as a chart (%% of roofline and speed-up vs "
                         "PyTorch per case and contender, forward and backward) to PATH "
                         "(.png, .svg, .pdf; needs matplotlib: pip install 'wnkernels[plot]')")
+    p.add_argument("--markdown", metavar="PATH",
+                   help="also write the results as Markdown tables (the README's Results "
+                        "section) to PATH")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
 
@@ -216,6 +220,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.plot:
         plot_results(results, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(format_markdown(results))
+        print(f"wrote {args.markdown}", file=sys.stderr)
     summary = results["summary"]
     return 1 if summary["cases_failed"] or summary["cases_error"] else 0
 

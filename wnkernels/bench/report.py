@@ -13,7 +13,7 @@ from .cases import DIRECTIONS
 from .peers import PEERS
 
 __all__ = ["direction_result", "summarize", "format_case", "format_summary",
-           "machine_info", "Progress", "OURS"]
+           "format_markdown", "machine_info", "Progress", "OURS"]
 
 # wnkernels' contender of a case, by preference: on torch tensors (what a framework
 # sees), the grouped call, NumPy arrays.
@@ -389,3 +389,76 @@ class Progress:
         elif self.enabled:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
+
+
+# ------------------------------------------------------------------------ markdown
+
+_MD_DIR = {"forward": "fwd", "backward": "bwd"}
+
+
+def _md_time(s: float) -> str:
+    return _fmt_time(s).strip().replace("us", "µs")
+
+
+def _md_x(x: Optional[float]) -> str:
+    return "" if x is None else f"{x:.2f}×"
+
+
+def format_markdown(results: Dict[str, Any]) -> str:
+    """The run as GitHub-flavoured Markdown (the README's Results section): a line
+    on the machine, one table of the single cases -- per direction wnkernels' time
+    on torch tensors, % of the roofline and its speed-up against PyTorch and each
+    measured peer -- and one of the weight sets' grouped calls against PyTorch's
+    and wnkernels' own per-tensor loops."""
+    m, cfg = results.get("machine", {}), results.get("config", {})
+    where = m.get("gpu", {}).get("name") if results.get("device") == "cuda" else m.get("cpu_model")
+    vers = ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items() if v)
+    lines = [f"`wnkernels bench` on {(m.get('date') or '')[:10]}: {where or 'unknown'}, "
+             f"ISA {m.get('cpu_isa', '?')}, {_plural(m.get('threads') or 1, 'thread')}; "
+             f"{vers}; medians of {cfg.get('repeat', '?')} interleaved rounds.", ""]
+    singles = [c for c in results["cases"] if "shape" in c]
+    groups = [c for c in results["cases"] if "shape" not in c]
+    peers = [p for p in PEERS if any(p in c[d]["results"] for c in singles
+                                     if c["status"] == "ok" for d in DIRECTIONS)]
+    if singles:
+        cols = ["time", "% roof", "vs torch"] + [f"vs {p}" for p in peers]
+        head = ["case"] + [f"{_MD_DIR[d]} {c}" for d in DIRECTIONS for c in cols]
+        lines += ["| " + " | ".join(head) + " |",
+                  "|---|" + "---:|" * (len(head) - 1)]
+        for c in singles:
+            row = [c["case"]]
+            for d in DIRECTIONS:
+                if c["status"] != "ok":
+                    row += [c["status"]] + [""] * (len(cols) - 1)
+                    continue
+                dr = c[d]
+                t = dr["results"][dr["ours"]]
+                row += [_md_time(t["time_s"]), f"{t['pct_roofline']:.0f}%",
+                        _md_x(dr.get("speedup_vs_torch"))]
+                row += [_md_x(dr.get("speedup_vs_peers", {}).get(p)) for p in peers]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    if groups:
+        head = ["weight set (grouped call)"] + [
+            f"{_MD_DIR[d]} {c}" for d in DIRECTIONS
+            for c in ("time", "% roof", "vs torch's loop", "vs own loop")]
+        lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+        for c in groups:
+            row = [c["case"]]
+            for d in DIRECTIONS:
+                if c["status"] != "ok":
+                    row += [c["status"], "", "", ""]
+                    continue
+                dr = c[d]
+                t = dr["results"][dr["ours"]]
+                row += [_md_time(t["time_s"]), f"{t['pct_roofline']:.0f}%",
+                        _md_x(dr.get("speedup_vs_torch")), _md_x(dr.get("speedup_vs_own_loop"))]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    s = results.get("summary", {})
+    vt = s.get("vs_torch") or {}
+    if vt.get("geomean"):
+        lines.append(f"Geometric mean vs PyTorch over {_cases(vt.get('cases', 0))}: "
+                     f"{vt['geomean']:.2f}× (forward {vt.get('geomean_forward', 0):.2f}×, "
+                     f"backward {vt.get('geomean_backward', 0):.2f}×).")
+    return "\n".join(lines) + "\n"
