@@ -807,55 +807,32 @@ WN_INLINE void FN(col_flush)(double *restrict acc, double *restrict sum,
     }
 }
 
-/* Superchunk totals of columns [r0, r0+nc) over superchunks [s0, s1):
- * out[c] = Neumaier sum over s of (Neumaier sum over WN_COLCHUNK-step chunks
- * of the plain per-column sums).  gw == NULL: sum of squares of v, else the
- * dot product of v and gw.  Phases that split superchunks across threads
- * combine the same per-superchunk values in the same order. */
-static void FN(col_total)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
-                          int64_t nc, int64_t s0, int64_t s1, const T *v,
-                          const T *gw, double *restrict scr, double *restrict out)
+/* Plain per-column sums over `n` steps (from counter C) of the nc columns at
+ * x0 (kept stride cx; y0: the dot product with y0, kept stride cy), started at
+ * zero, into acc[0 .. nc): per column the running sum of LDD(x)^2 (or
+ * LDD(x) * LDD(y)) in step order -- what a chunk adds to its columns. */
+WN_INLINE void FN(col_steps)(const wn_layout *L, wn_redctr C, int64_t n, const T *x0,
+                             int64_t cx, const T *y0, int64_t cy, int64_t nc,
+                             double *restrict acc)
 {
-    const int K = L->kept_ndim, narr = gw ? 2 : 1;
-    const int64_t cv = L->kept_stride[0][K - 1];
-    const int64_t cg = gw ? L->kept_stride[1][K - 1] : 0;
-    /* scratch: 5 * nc doubles (plain lanes, chunk Neumaier pair, total pair) */
-    double *restrict acc = scr, *restrict sum = scr + nc, *restrict comp = scr + 2 * nc;
-    wn_ksum *restrict tot = (wn_ksum *)(scr + 3 * nc);
-    int64_t base[2];
-    wn_row_offsets(L, narr, r0, base);
-    for (int64_t c = 0; c < nc; c++) tot[c].sum = tot[c].comp = 0.0;
-
-    for (int64_t s = s0; s < s1; s++) {
-        const int64_t e0 = s * G->sc;
-        const int64_t e1 = e0 + G->sc < L->rowlen ? e0 + G->sc : L->rowlen;
-        for (int64_t c = 0; c < nc; c++) acc[c] = sum[c] = comp[c] = 0.0;
-        wn_redctr C;
-        wn_redctr_seek(L, narr, e0, &C);
-        for (int64_t e = e0; e < e1; e++) {
-            const T *x = v + base[0] + C.off[0];
-            if (!gw) {
-                if (cv == 1)
-                    for (int64_t c = 0; c < nc; c++) { double t = LDD(x[c]); acc[c] += t * t; }
-                else
-                    for (int64_t c = 0; c < nc; c++) { double t = LDD(x[c * cv]); acc[c] += t * t; }
-            } else {
-                const T *y = gw + base[1] + C.off[1];
-                if (cv == 1 && cg == 1)
-                    for (int64_t c = 0; c < nc; c++) acc[c] += LDD(x[c]) * LDD(y[c]);
-                else
-                    for (int64_t c = 0; c < nc; c++) acc[c] += LDD(x[c * cv]) * LDD(y[c * cg]);
-            }
-            if ((e + 1) % WN_COLCHUNK == 0 || e + 1 == e1)
-                FN(col_flush)(acc, sum, comp, nc);
-            wn_redctr_next(L, narr, &C);
+    const int narr = y0 ? 2 : 1;
+    for (int64_t c = 0; c < nc; c++) acc[c] = 0.0;
+    for (int64_t e = 0; e < n; e++) {
+        const T *x = x0 + C.off[0];
+        if (!y0) {
+            if (cx == 1)
+                for (int64_t c = 0; c < nc; c++) { double t = LDD(x[c]); acc[c] += t * t; }
+            else
+                for (int64_t c = 0; c < nc; c++) { double t = LDD(x[c * cx]); acc[c] += t * t; }
+        } else {
+            const T *y = y0 + C.off[1];
+            if (cx == 1 && cy == 1)
+                for (int64_t c = 0; c < nc; c++) acc[c] += LDD(x[c]) * LDD(y[c]);
+            else
+                for (int64_t c = 0; c < nc; c++) acc[c] += LDD(x[c * cx]) * LDD(y[c * cy]);
         }
-        for (int64_t c = 0; c < nc; c++) {
-            wn_ksum k = {sum[c], comp[c]};
-            wn_ksum_add(&tot[c], wn_ksum_value(&k));
-        }
+        wn_redctr_next(L, narr, &C);
     }
-    for (int64_t c = 0; c < nc; c++) out[c] = wn_ksum_value(&tot[c]);
 }
 
 /* Second pass over superchunks [s0, s1) of columns [r0, r0+nc): forward
@@ -1025,18 +1002,27 @@ WN_INLINE void FN(colp_chunk)(const wn_layout *L, wn_redctr C, int64_t n,
     for (int q = 0; q < WN_CPV; q++) WN_ST_F64(acc + q * WN_VDL, a[q]);
 }
 
-/* col_total for dense columns: the same superchunk totals, chunk by chunk
- * and panel by panel (a chunk of a block stays in L1/L2 across its panels). */
-static void FN(colp_total)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
-                           int64_t nc, int64_t s0, int64_t s1, const T *v,
-                           const T *gw, double *restrict scr, double *restrict out)
+/* Superchunk totals of columns [r0, r0+nc) over superchunks [s0, s1):
+ * out[c] = Neumaier sum over s of (Neumaier sum over WN_COLCHUNK-step chunks
+ * of the plain per-column sums).  gw == NULL: sum of squares of v, else the
+ * dot product of v and gw.  A chunk's plain sums come step by step
+ * (col_steps) or, for `dense` blocks, panel by panel (colp_chunk: a chunk of
+ * a block stays in L1/L2 across its panels); both give the same values.
+ * Phases that split superchunks across threads combine the same
+ * per-superchunk values in the same order.  scr: 5 * nc doubles. */
+static void FN(col_total)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
+                          int64_t nc, int64_t s0, int64_t s1, const T *v,
+                          const T *gw, int dense, double *restrict scr,
+                          double *restrict out)
 {
-    const int narr = gw ? 2 : 1;
-    double *restrict sum = scr, *restrict comp = scr + nc;
-    wn_ksum *restrict tot = (wn_ksum *)(scr + 2 * nc);
-    double acc[WN_CP] __attribute__((aligned(64)));
+    const int K = L->kept_ndim, narr = gw ? 2 : 1;
+    const int64_t cv = L->kept_stride[0][K - 1];
+    const int64_t cg = gw ? L->kept_stride[1][K - 1] : 0;
+    double *restrict acc = scr, *restrict sum = scr + nc, *restrict comp = scr + 2 * nc;
+    wn_ksum *restrict tot = (wn_ksum *)(scr + 3 * nc);
     int64_t base[2];
     wn_row_offsets(L, narr, r0, base);
+    const T *x0 = v + base[0], *y0 = gw ? gw + base[1] : NULL;
     for (int64_t c = 0; c < nc; c++) tot[c].sum = tot[c].comp = 0.0;
     for (int64_t s = s0; s < s1; s++) {
         const int64_t e0 = s * G->sc;
@@ -1046,12 +1032,14 @@ static void FN(colp_total)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
             const int64_t n = e1 - ce < WN_COLCHUNK ? e1 - ce : WN_COLCHUNK;
             wn_redctr C;
             wn_redctr_seek(L, narr, ce, &C);
-            for (int64_t p = 0; p < nc; p += WN_CP) {
-                const int np = nc - p < WN_CP ? (int)(nc - p) : WN_CP;
-                FN(colp_chunk)(L, C, n, v + base[0] + p, gw ? gw + base[1] + p : NULL,
-                               np, acc);
-                FN(col_flush)(acc, sum + p, comp + p, np);
+            if (dense) {
+                for (int64_t p = 0; p < nc; p += WN_CP)
+                    FN(colp_chunk)(L, C, n, x0 + p, y0 ? y0 + p : NULL,
+                                   nc - p < WN_CP ? (int)(nc - p) : WN_CP, acc + p);
+            } else {
+                FN(col_steps)(L, C, n, x0, cv, y0, cg, nc, acc);
             }
+            FN(col_flush)(acc, sum, comp, nc);
         }
         for (int64_t c = 0; c < nc; c++) {
             wn_ksum k = {sum[c], comp[c]};
@@ -1144,8 +1132,7 @@ static void FN(cols_units)(const wn_task *t, int64_t u0, int64_t u1, double *scr
     for (int64_t u = u0; u < u1; u++) {
         int64_t nc;
         const int64_t r0 = FN(col_unit)(G, u, &nc);
-        if (dense) FN(colp_total)(L, G, r0, nc, 0, G->nsc, v, gw, scr, tot);
-        else FN(col_total)(L, G, r0, nc, 0, G->nsc, v, gw, scr, tot);
+        FN(col_total)(L, G, r0, nc, 0, G->nsc, v, gw, dense, scr, tot);
         for (int64_t k = 0; k < nc; k++) {
             if (bwd) FN(bwd_row)(c, r0 + k, tot[k], 1, &ca[k], &cb[k]);
             else scale[k] = FN(fwd_row)(c, r0 + k, tot[k], 1);
@@ -1179,8 +1166,7 @@ static void FN(cols_split)(const wn_task *t, double *scr)
     for (int64_t i = lo; i < hi; i++) {
         int64_t nc;
         const int64_t s = i % G->nsc, r0 = FN(col_unit)(G, i / G->nsc, &nc);
-        if (dense) FN(colp_total)(L, G, r0, nc, s, s + 1, v, gw, scr, tot);
-        else FN(col_total)(L, G, r0, nc, s, s + 1, v, gw, scr, tot);
+        FN(col_total)(L, G, r0, nc, s, s + 1, v, gw, dense, scr, tot);
         for (int64_t k = 0; k < nc; k++) part[s * L->nrows + r0 + k] = tot[k];
     }
 #pragma omp barrier
