@@ -882,18 +882,13 @@ static void FN(col_apply)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
 #define WN_CPV 8                       /* VD accumulators per panel        */
 #define WN_CP (WN_CPV * WN_VDL)        /* columns per panel: 64 / 32 / 16  */
 
-#ifndef WN_PFD
-#define WN_PFD 16
-#endif
-#ifndef WN_PFH
-#define WN_PFH 3
-#endif
-/* A panel's lines WN_PFD steps ahead, towards L2 (never faults). */
+#define WN_PFD 16                      /* prefetch distance, steps          */
+/* A panel's lines WN_PFD steps ahead, into L1 (a prefetch never faults). */
 WN_INLINE void FN(colp_prefetch)(const T *p)
 {
     WN_UNROLL
     for (size_t o = 0; o < WN_CP * sizeof(T); o += 64)
-        __builtin_prefetch((const char *)p + o, 0, WN_PFH);
+        __builtin_prefetch((const char *)p + o, 0, 3);
 }
 
 /* Whether a column-mode call's blocks take the panel path: the kept axis
@@ -923,32 +918,15 @@ WN_INLINE void FN(col_skip)(const wn_layout *L, int narr, wn_redctr *C, int64_t 
     wn_redctr_next(L, narr, C);
 }
 
-/* Plain sums over `n` steps (from counter C) of the np <= WN_CP columns at
- * x (y: the dot product with y, else squares), started at zero, into
- * acc[0 .. np): per column the running sum of LDD(x)^2 (or LDD(x) * LDD(y))
- * in step order, as col_total forms it. */
+/* col_steps for one full panel of WN_CP contiguous columns at x0 (y0: the
+ * dot product with y0, else squares): the same per-column sums in the same
+ * step order, held in registers, walked along the innermost reduced dim. */
 WN_INLINE void FN(colp_chunk)(const wn_layout *L, wn_redctr C, int64_t n,
-                              const T *x0, const T *y0, int np,
-                              double *restrict acc)
+                              const T *x0, const T *y0, double *restrict acc)
 {
     const int R = L->red_ndim - 1, narr = y0 ? 2 : 1;
     const int64_t n_in = L->red_shape[R], sx = L->red_stride[0][R];
     const int64_t sy = y0 ? L->red_stride[1][R] : 0;
-    if (np < WN_CP) {
-        for (int c = 0; c < np; c++) acc[c] = 0.0;
-        while (n > 0) {
-            const int64_t run = n < n_in - C.idx[R] ? n : n_in - C.idx[R];
-            const T *x = x0 + C.off[0], *y = y0 ? y0 + C.off[1] : NULL;
-            for (int64_t e = 0; e < run; e++, x += sx, y += sy)
-                if (y)
-                    for (int c = 0; c < np; c++) acc[c] += LDD(x[c]) * LDD(y[c]);
-                else
-                    for (int c = 0; c < np; c++) { double t = LDD(x[c]); acc[c] += t * t; }
-            n -= run;
-            if (n) FN(col_skip)(L, narr, &C, run);
-        }
-        return;
-    }
     VD a[WN_CPV];
     WN_UNROLL
     for (int q = 0; q < WN_CPV; q++) a[q] = (VD){0};
@@ -1032,13 +1010,13 @@ static void FN(col_total)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
             const int64_t n = e1 - ce < WN_COLCHUNK ? e1 - ce : WN_COLCHUNK;
             wn_redctr C;
             wn_redctr_seek(L, narr, ce, &C);
-            if (dense) {
-                for (int64_t p = 0; p < nc; p += WN_CP)
-                    FN(colp_chunk)(L, C, n, x0 + p, y0 ? y0 + p : NULL,
-                                   nc - p < WN_CP ? (int)(nc - p) : WN_CP, acc + p);
-            } else {
-                FN(col_steps)(L, C, n, x0, cv, y0, cg, nc, acc);
-            }
+            /* dense: full panels in registers, the rest step by step */
+            const int64_t full = dense ? nc - nc % WN_CP : 0;
+            for (int64_t p = 0; p < full; p += WN_CP)
+                FN(colp_chunk)(L, C, n, x0 + p, y0 ? y0 + p : NULL, acc + p);
+            if (full < nc)
+                FN(col_steps)(L, C, n, x0 + full * cv, cv, y0 ? y0 + full * cg : NULL, cg,
+                              nc - full, acc + full);
             FN(col_flush)(acc, sum, comp, nc);
         }
         for (int64_t c = 0; c < nc; c++) {
@@ -1049,19 +1027,14 @@ static void FN(col_total)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
     for (int64_t c = 0; c < nc; c++) out[c] = wn_ksum_value(&tot[c]);
 }
 
-/* One step of a panel's backward second pass, np columns:
- * z = a * y - b * x, as bwdv_run computes it. */
-WN_INLINE void FN(colp_step)(const T *x, const T *y, T *z, const BT *ca,
-                             const BT *cb, int np)
+/* One step of a full panel's backward second pass: z = a * y - b * x, as
+ * bwdv_run computes it, unrolled over the panel's vectors. */
+WN_INLINE void FN(colp_step)(const T *x, const T *y, T *z, const BT *ca, const BT *cb)
 {
-    if (np == WN_CP) {
-        WN_UNROLL
-        for (int q = 0; q < WN_CP / CVL; q++)
-            STORECV(z + q * CVL, LOADC(ca + q * CVL) * LOADCV(y + q * CVL)
-                                 - LOADC(cb + q * CVL) * LOADCV(x + q * CVL));
-    } else {
-        for (int c = 0; c < np; c++) z[c] = STB(ca[c] * LDB(y[c]) - cb[c] * LDB(x[c]));
-    }
+    WN_UNROLL
+    for (int q = 0; q < WN_CP / CVL; q++)
+        STORECV(z + q * CVL, LOADC(ca + q * CVL) * LOADCV(y + q * CVL)
+                             - LOADC(cb + q * CVL) * LOADCV(x + q * CVL));
 }
 
 /* col_apply's backward for panel blocks: chunks last to first (the first
@@ -1094,12 +1067,15 @@ static void FN(colp_bwd_apply)(const wn_layout *L, const wn_colgeom *G, int64_t 
                 T *z = gv + base[2] + p + C.off[2];
                 if (np == WN_CP && lines && !((uintptr_t)z & 63)) {
                     for (int64_t e = 0; e < run; e++, x += sx, y += sy, z += sz) {
-                        FN(colp_step)(x, y, buf, ca + p, cb + p, np);
+                        FN(colp_step)(x, y, buf, ca + p, cb + p);
                         STREAM(z, buf, sizeof buf);
                     }
+                } else if (np == WN_CP) {
+                    for (int64_t e = 0; e < run; e++, x += sx, y += sy, z += sz)
+                        FN(colp_step)(x, y, z, ca + p, cb + p);
                 } else {
                     for (int64_t e = 0; e < run; e++, x += sx, y += sy, z += sz)
-                        FN(colp_step)(x, y, z, ca + p, cb + p, np);
+                        FN(bwdv_run)(z, y, x, ca + p, cb + p, np, 0);
                 }
                 n -= run;
                 if (n) FN(col_skip)(L, 3, &C, run);
