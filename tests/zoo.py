@@ -384,3 +384,12 @@ def run_all(cases, check) -> None:
     assert n, "no cases ran"
     assert not failures, (f"{len(failures)} of {n} cases fail, e.g.:\n  "
                           + "\n  ".join(failures[:12]))
+
+
+# The CPU kernels' instruction-set variants, best first (WNKERNELS_ISA names).
+ISA_ORDER = ("avx512bf16", "avx512", "avx2", "baseline")
+
+
+def isa_variants(best: str) -> List[str]:
+    """The variants at or below `best` (the one this CPU runs), best first."""
+    return list(ISA_ORDER[ISA_ORDER.index(best):]) if best in ISA_ORDER else ["baseline"]
