@@ -879,15 +879,25 @@ static void FN(col_apply)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
  * registers while a chunk of WN_COLCHUNK reduced steps streams by (a tight
  * loop along the innermost reduced dim), then go into the chunk's Neumaier
  * flush exactly as col_total adds them, so both paths give the same bits. */
-#define WN_CPV 8                       /* VD accumulators per panel        */
-#define WN_CP (WN_CPV * WN_VDL)        /* columns per panel: 64 / 32 / 16  */
+#undef WN_CPV
+#undef WN_CP
+#if defined(__AVX512F__)
+/* 32 registers: a panel is a whole 512-byte float32 step of the positional
+ * convs (128 columns), so a chunk streams sequentially; 64-column panels
+ * (two walks down each chunk, half of every step each) ran the Wav2Vec2
+ * 768x48x128 dim=2 backward 1.4-1.8x slower on Zen 4 (one thread). */
+#define WN_CPV 16                      /* VD accumulators per panel        */
+#else
+#define WN_CPV 8
+#endif
+#define WN_CP (WN_CPV * WN_VDL)        /* columns per panel: 128 / 32 / 16 */
 
 #define WN_PFD 16                      /* prefetch distance, steps          */
 /* A panel's lines WN_PFD steps ahead, into L1 (a prefetch never faults). */
-WN_INLINE void FN(colp_prefetch)(const T *p)
+WN_INLINE void FN(colp_prefetch)(const T *p, const int nq)
 {
     WN_UNROLL
-    for (size_t o = 0; o < WN_CP * sizeof(T); o += 64)
+    for (size_t o = 0; o < nq * WN_VDL * sizeof(T); o += 64)
         __builtin_prefetch((const char *)p + o, 0, 3);
 }
 
@@ -918,29 +928,31 @@ WN_INLINE void FN(col_skip)(const wn_layout *L, int narr, wn_redctr *C, int64_t 
     wn_redctr_next(L, narr, C);
 }
 
-/* col_steps for one full panel of WN_CP contiguous columns at x0 (y0: the
- * dot product with y0, else squares): the same per-column sums in the same
- * step order, held in registers, walked along the innermost reduced dim. */
+/* col_steps for one panel of nq * WN_VDL contiguous columns at x0 (nq: a
+ * constant, WN_CPV or WN_CPV / 2; y0: the dot product with y0, else
+ * squares): the same per-column sums in the same step order, held in
+ * registers, walked along the innermost reduced dim. */
 WN_INLINE void FN(colp_chunk)(const wn_layout *L, wn_redctr C, int64_t n,
-                              const T *x0, const T *y0, double *restrict acc)
+                              const T *x0, const T *y0, double *restrict acc,
+                              const int nq)
 {
     const int R = L->red_ndim - 1, narr = y0 ? 2 : 1;
     const int64_t n_in = L->red_shape[R], sx = L->red_stride[0][R];
     const int64_t sy = y0 ? L->red_stride[1][R] : 0;
     VD a[WN_CPV];
     WN_UNROLL
-    for (int q = 0; q < WN_CPV; q++) a[q] = (VD){0};
+    for (int q = 0; q < nq; q++) a[q] = (VD){0};
     while (n > 0) {
         const int64_t run = n < n_in - C.idx[R] ? n : n_in - C.idx[R];
         const T *x = x0 + C.off[0];
         if (y0) {
             const T *y = y0 + C.off[1];
             for (int64_t e = 0; e < run; e++, x += sx, y += sy) {
-                FN(colp_prefetch)(x + WN_PFD * sx);
-                FN(colp_prefetch)(y + WN_PFD * sy);
+                FN(colp_prefetch)(x + WN_PFD * sx, nq);
+                FN(colp_prefetch)(y + WN_PFD * sy, nq);
 #if WN_FLUSH
                 WN_UNROLL
-                for (int q = 0; q < WN_CPV / 2; q++) {
+                for (int q = 0; q < nq / 2; q++) {
                     VD xl, xh, yl, yh;
                     WN_WIDEN(LOADVF(x + q * WN_VFL), &xl, &xh);
                     WN_WIDEN(LOADVF(y + q * WN_VFL), &yl, &yh);
@@ -949,16 +961,16 @@ WN_INLINE void FN(colp_chunk)(const wn_layout *L, wn_redctr C, int64_t n,
                 }
 #else
                 WN_UNROLL
-                for (int q = 0; q < WN_CPV; q++)
+                for (int q = 0; q < nq; q++)
                     a[q] += LOADVD(x + q * WN_VDL) * LOADVD(y + q * WN_VDL);
 #endif
             }
         } else {
             for (int64_t e = 0; e < run; e++, x += sx) {
-                FN(colp_prefetch)(x + WN_PFD * sx);
+                FN(colp_prefetch)(x + WN_PFD * sx, nq);
 #if WN_FLUSH
                 WN_UNROLL
-                for (int q = 0; q < WN_CPV / 2; q++) {
+                for (int q = 0; q < nq / 2; q++) {
                     VD xl, xh;
                     WN_WIDEN(LOADVF(x + q * WN_VFL), &xl, &xh);
                     a[2 * q] += xl * xl;
@@ -966,7 +978,7 @@ WN_INLINE void FN(colp_chunk)(const wn_layout *L, wn_redctr C, int64_t n,
                 }
 #else
                 WN_UNROLL
-                for (int q = 0; q < WN_CPV; q++) {
+                for (int q = 0; q < nq; q++) {
                     const VD t = LOADVD(x + q * WN_VDL);
                     a[q] += t * t;
                 }
@@ -977,7 +989,7 @@ WN_INLINE void FN(colp_chunk)(const wn_layout *L, wn_redctr C, int64_t n,
         if (n) FN(col_skip)(L, narr, &C, run);
     }
     WN_UNROLL
-    for (int q = 0; q < WN_CPV; q++) WN_ST_F64(acc + q * WN_VDL, a[q]);
+    for (int q = 0; q < nq; q++) WN_ST_F64(acc + q * WN_VDL, a[q]);
 }
 
 /* Superchunk totals of columns [r0, r0+nc) over superchunks [s0, s1):
@@ -1010,10 +1022,16 @@ static void FN(col_total)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
             const int64_t n = e1 - ce < WN_COLCHUNK ? e1 - ce : WN_COLCHUNK;
             wn_redctr C;
             wn_redctr_seek(L, narr, ce, &C);
-            /* dense: full panels in registers, the rest step by step */
-            const int64_t full = dense ? nc - nc % WN_CP : 0;
+            /* dense: full panels in registers, then a half panel, the
+             * rest step by step */
+            int64_t full = dense ? nc - nc % WN_CP : 0;
             for (int64_t p = 0; p < full; p += WN_CP)
-                FN(colp_chunk)(L, C, n, x0 + p, y0 ? y0 + p : NULL, acc + p);
+                FN(colp_chunk)(L, C, n, x0 + p, y0 ? y0 + p : NULL, acc + p, WN_CPV);
+            if (dense && nc - full >= WN_CP / 2) {
+                FN(colp_chunk)(L, C, n, x0 + full, y0 ? y0 + full : NULL, acc + full,
+                               WN_CPV / 2);
+                full += WN_CP / 2;
+            }
             if (full < nc)
                 FN(col_steps)(L, C, n, x0 + full * cv, cv, y0 ? y0 + full * cg : NULL, cg,
                               nc - full, acc + full);
