@@ -99,7 +99,9 @@ cdef object _part(object x, Py_ssize_t i, uintptr_t *ptrs):
         try:
             p = x.data_ptr()
             ptrs[i] = p
-            return (x.dtype, x.shape, x.stride(), x.device, x.is_neg(), p & 15)
+            # a CPU tensor's device as True: no torch.device made or hashed
+            return (x.dtype, x.shape, x.stride(), True if x.is_cpu else x.device,
+                    x.is_neg(), p & 15)
         except RuntimeError:      # not strided (sparse, ...): the describer says why
             pass
     ptrs[i] = 0
