@@ -884,8 +884,9 @@ static void FN(col_apply)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
 #if defined(__AVX512F__)
 /* 32 registers: a panel is a whole 512-byte float32 step of the positional
  * convs (128 columns), so a chunk streams sequentially; 64-column panels
- * (two walks down each chunk, half of every step each) ran the Wav2Vec2
- * 768x48x128 dim=2 backward 1.4-1.8x slower on Zen 4 (one thread). */
+ * (two walks down each chunk, half of every step each) ran the backward of
+ * Wav2Vec2's 768x48x128 dim=2 1.17x and HuBERT-large's 1.52x slower on
+ * Zen 4 (2 threads, csrc/ab.c). */
 #define WN_CPV 16                      /* VD accumulators per panel        */
 #else
 #define WN_CPV 8
