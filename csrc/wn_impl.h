@@ -536,7 +536,7 @@ WN_INLINE void FN(short_bwd_dense)(T *restrict gv, const T *restrict gw,
  * then the batch's scalars in one loop over the batch (fwd_row_scalars,
  * vectorized across rows; unused slots compute on row r0's g and are
  * dropped), then the scaling while the batch is in L1. */
-static void FN(short_fwd)(const wn_task *t, int64_t u0, int64_t u1)
+WN_INLINE void FN(short_fwd_n)(const wn_task *t, int64_t u0, int64_t u1, const int n)
 {
     const wn_call *c = t->c;
     const wn_layout *L = c->layout;
@@ -546,7 +546,6 @@ static void FN(short_fwd)(const wn_task *t, int64_t u0, int64_t u1)
     const int64_t sv = L->kept_ndim ? L->kept_stride[0][0] : 0;
     const int64_t sw = L->kept_ndim ? L->kept_stride[1][0] : 0;
     const int64_t gs = c->g_stride;
-    const int n = (int)L->rowlen;
     const double eps = c->eps;
     const int rb = t->rb;   /* rows per batch, <= WN_SB */
     const int dense = sv == n && sw == n && n < CVL && CVL % n == 0 && !t->nt;
@@ -581,7 +580,7 @@ static void FN(short_fwd)(const wn_task *t, int64_t u0, int64_t u1)
 }
 
 /* Backward over batches [u0, u1) of WN_SB short rows (as short_fwd). */
-static void FN(short_bwd)(const wn_task *t, int64_t u0, int64_t u1)
+WN_INLINE void FN(short_bwd_n)(const wn_task *t, int64_t u0, int64_t u1, const int n)
 {
     const wn_call *c = t->c;
     const wn_layout *L = c->layout;
@@ -592,7 +591,6 @@ static void FN(short_bwd)(const wn_task *t, int64_t u0, int64_t u1)
     const int64_t sgw = L->kept_ndim ? L->kept_stride[1][0] : 0;
     const int64_t sgv = L->kept_ndim ? L->kept_stride[2][0] : 0;
     const int64_t gs = c->g_stride, ns = c->norms_stride;
-    const int n = (int)L->rowlen;
     const int rb = t->rb;
     const int dense = sv == n && sgw == n && sgv == n && n < CVL && CVL % n == 0 && !t->nt;
     const CVI idx = FN(short_spread)(n);
@@ -626,6 +624,32 @@ static void FN(short_bwd)(const wn_task *t, int64_t u0, int64_t u1)
         }
     }
 }
+
+/* The short-row paths with the row length a compile-time constant for the
+ * common lengths (rows of 8 .. 64: the lane loops unroll fully, with no tail
+ * tests or spilled lanes), else as a variable.  Same arithmetic either way. */
+#define WN_SHORT_DISPATCH(body, t, u0, u1)                                     \
+    do {                                                                       \
+        const int n_ = (int)(t)->c->layout->rowlen;                            \
+        switch (n_) {                                                          \
+        case 8: body(t, u0, u1, 8); break;                                     \
+        case 16: body(t, u0, u1, 16); break;                                   \
+        case 32: body(t, u0, u1, 32); break;                                   \
+        case 64: body(t, u0, u1, 64); break;                                   \
+        default: body(t, u0, u1, n_); break;                                   \
+        }                                                                      \
+    } while (0)
+
+static void FN(short_fwd)(const wn_task *t, int64_t u0, int64_t u1)
+{
+    WN_SHORT_DISPATCH(FN(short_fwd_n), t, u0, u1);
+}
+
+static void FN(short_bwd)(const wn_task *t, int64_t u0, int64_t u1)
+{
+    WN_SHORT_DISPATCH(FN(short_bwd_n), t, u0, u1);
+}
+#undef WN_SHORT_DISPATCH
 
 /* ---- row modes ---------------------------------------------------------- */
 
