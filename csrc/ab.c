@@ -12,7 +12,7 @@
  *
  * Build two revisions (flags as setup.py's) and compare:
  *
- *   F="-O3 -std=gnu11 -ffp-contract=off -fno-math-errno -fno-strict-aliasing \
+ *   F="-O3 -std=gnu11 -ffp-contract=off -fno-math-errno -fno-strict-aliasing -fno-wrapv \
  *      -fopenmp -fPIC -shared"
  *   git show REV:csrc/...  (all of csrc/ into old/), then
  *   gcc $F -Iold old/wn.c -o libold.so;  gcc $F -Icsrc csrc/wn.c -o libnew.so

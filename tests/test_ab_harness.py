@@ -11,7 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
 FLAGS = ["-O1", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno",
-         "-fno-strict-aliasing", "-fopenmp", "-fPIC", "-shared"]
+         "-fno-strict-aliasing", "-fno-wrapv", "-fopenmp", "-fPIC", "-shared"]
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
