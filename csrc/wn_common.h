@@ -185,12 +185,15 @@ WN_INLINE int wn_simple_rows(const wn_layout *L, int narr, const wn_rowgeom *G)
  * in half the time of 32-row ones.  Batching never changes bits. */
 WN_INLINE int wn_short_batch(int64_t rowlen) { return rowlen < 16 ? WN_SB : 8; }
 
-/* narr == 3: the backward, short only below 16 elements: from 16 on, the
- * simple path was as fast or faster when v, grad_w and grad_v exceed the
- * L3 (65536x64 float32 on one thread: 0.97 ms simple, 1.0-1.1 ms short). */
+/* narr == 3: the backward, short below 16 elements and at 16 and 32 (the
+ * lengths short_bwd unrolls at compile time: 262144x16 float32 1.43x,
+ * 16384x32 1.22x the simple path, 131072x32 even); rows of 64 stay simple
+ * (65536x64 out of cache: short 0.85-0.87x) as do the other lengths. */
 WN_INLINE int wn_short_rows(const wn_layout *L, int narr, const wn_rowgeom *G)
 {
-    return L->rowlen <= (narr == 3 ? 15 : WN_SHORT_MAX) && wn_simple_rows(L, narr, G);
+    const int64_t n = L->rowlen;
+    return (n <= (narr == 3 ? 16 : WN_SHORT_MAX) || (narr == 3 && n == 32))
+           && wn_simple_rows(L, narr, G);
 }
 
 /* Rows per batch in the short-row path: as many as keep the batch's inputs
