@@ -2,7 +2,6 @@
 variant and every tuning knob gives the same bits, and reused output buffers
 are never handed out while a result still uses them."""
 
-import hashlib
 import json
 import os
 import subprocess
