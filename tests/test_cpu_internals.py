@@ -119,7 +119,8 @@ def test_tuning_knobs_do_not_change_bits(knob, values):
 def test_a_group_larger_than_the_cache_streams_with_the_same_bits():
     """A grouped call's outputs stream once the whole table's traffic passes the
     threshold, even when every item alone is below it: the bits stay those of
-    the per-tensor calls (which, each below the threshold, do not stream)."""
+    the per-tensor calls (which, each below the threshold, do not stream).  A
+    backward streams from half the threshold, counting its three arrays."""
     rng = np.random.default_rng(11)
     shapes = [(33, 17), (64, 1, 7), (5, 300), (128, 9, 3), (7, 1)]
     vs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
@@ -131,6 +132,9 @@ def test_a_group_larger_than_the_cache_streams_with_the_same_bits():
         _cpu.set_stream_threshold(max(v.nbytes for v in vs) * 2 + 1)
         assert moved >= _cpu.get_stream_threshold()
         many = wnkernels.weight_norm_many(vs, gs)
+        # backward: an item moves 3 * nbytes, the table 3 * the sum
+        _cpu.set_stream_threshold(max(v.nbytes for v in vs) * 6 + 1)
+        assert 3 * sum(v.nbytes for v in vs) * 2 >= _cpu.get_stream_threshold()
         back = wnkernels.weight_norm_backward_many(gws, vs, gs, [n for _, n in many])
     finally:
         _cpu.set_stream_threshold(before)
