@@ -835,13 +835,42 @@ WN_INLINE void FN(col_flush)(double *restrict acc, double *restrict sum,
  * x0 (kept stride cx; y0: the dot product with y0, kept stride cy), started at
  * zero, into acc[0 .. nc): per column the running sum of LDD(x)^2 (or
  * LDD(x) * LDD(y)) in step order -- what a chunk adds to its columns. */
+#ifndef WN_COL4_MIN
+#define WN_COL4_MIN 1024               /* columns; see col_steps           */
+#endif
 WN_INLINE void FN(col_steps)(const wn_layout *L, wn_redctr C, int64_t n, const T *x0,
                              int64_t cx, const T *y0, int64_t cy, int64_t nc,
                              double *restrict acc)
 {
     const int narr = y0 ? 2 : 1;
     for (int64_t c = 0; c < nc; c++) acc[c] = 0.0;
-    for (int64_t e = 0; e < n; e++) {
+    int64_t e = 0;
+    /* Contiguous columns, acc over 8 KiB: four steps per pass over acc,
+     * each column's additions still in step order (the same bits as one
+     * step at a time); acc (up to 32 KiB) then moves through L1 a quarter
+     * as often -- on 4096x4096 dim=-1 the one-step walk ran the first pass
+     * at half the speed of a plain read of v.  With 1024 columns (8 KiB of
+     * acc, at home in L1) four steps ran the backward 0.95x. */
+    if (cx == 1 && (!y0 || cy == 1) && nc > WN_COL4_MIN)
+        for (; e + 4 <= n; e += 4) {
+            const T *x[4], *y[4] = {0};
+            for (int k = 0; k < 4; k++) {
+                x[k] = x0 + C.off[0];
+                if (y0) y[k] = y0 + C.off[1];
+                wn_redctr_next(L, narr, &C);
+            }
+            if (!y0)
+                for (int64_t c = 0; c < nc; c++) {
+                    const double t0 = LDD(x[0][c]), t1 = LDD(x[1][c]);
+                    const double t2 = LDD(x[2][c]), t3 = LDD(x[3][c]);
+                    acc[c] = acc[c] + t0 * t0 + t1 * t1 + t2 * t2 + t3 * t3;
+                }
+            else
+                for (int64_t c = 0; c < nc; c++)
+                    acc[c] = acc[c] + LDD(x[0][c]) * LDD(y[0][c]) + LDD(x[1][c]) * LDD(y[1][c])
+                             + LDD(x[2][c]) * LDD(y[2][c]) + LDD(x[3][c]) * LDD(y[3][c]);
+        }
+    for (; e < n; e++) {
         const T *x = x0 + C.off[0];
         if (!y0) {
             if (cx == 1)

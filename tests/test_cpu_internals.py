@@ -456,6 +456,8 @@ def test_pool_makes_room_for_new_sizes(monkeypatch):
     ((700, 37), 1, None),           # narrower than a panel: the step walk, one superchunk
     ((40, 9, 100), 2, 1),           # reduced dims that do not coalesce
     ((3, 1100, 2, 96), (2, 3), 2),  # two kept dims, several column blocks
+    ((1103, 1500), 1, None),        # 2 superchunks, so one block wider than 1024 columns:
+                                    # four steps per pass, three left at the end
 ])
 @pytest.mark.parametrize("stream", [0, 1 << 40])
 def test_column_panels_match_the_per_step_path(dtype, shape, dim, cut, stream):
