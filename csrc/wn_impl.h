@@ -831,13 +831,14 @@ WN_INLINE void FN(col_flush)(double *restrict acc, double *restrict sum,
     }
 }
 
+#ifndef WN_COL4_MIN
+#define WN_COL4_MIN 1024               /* columns; see col_steps           */
+#endif
+
 /* Plain per-column sums over `n` steps (from counter C) of the nc columns at
  * x0 (kept stride cx; y0: the dot product with y0, kept stride cy), started at
  * zero, into acc[0 .. nc): per column the running sum of LDD(x)^2 (or
  * LDD(x) * LDD(y)) in step order -- what a chunk adds to its columns. */
-#ifndef WN_COL4_MIN
-#define WN_COL4_MIN 1024               /* columns; see col_steps           */
-#endif
 WN_INLINE void FN(col_steps)(const wn_layout *L, wn_redctr C, int64_t n, const T *x0,
                              int64_t cx, const T *y0, int64_t cy, int64_t nc,
                              double *restrict acc)
