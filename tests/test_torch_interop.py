@@ -133,6 +133,35 @@ def test_out_and_in_place(dtype):
 
 
 @pytest.mark.parametrize("dtype", zoo.DTYPES)
+def test_dlpack_and_attribute_descriptions_agree(dtype):
+    """CPU tensors are keyed from one torch._C._to_dlpack capsule, other
+    tensors from their attributes: both give the same plans' results, bit
+    for bit, on every layout (transposed, sliced, negative-bit, 0-d, empty,
+    Parameters), and a capsule's key never stands in for a different layout."""
+    from wnkernels import _dispatch
+    base = _rand((7, 12), dtype)
+    cases = [(base, 0), (base.t(), 1), (base[1:, ::3], 0), (base[:, 5], 0),
+             (base.reshape(84)[3], None), (base[:0], 0),
+             (torch.nn.Parameter(base.clone()), 0)]
+    if dtype != "bfloat16":            # torch has no negative-bit views of bfloat16
+        cases.append((base._neg_view(), 0))
+    try:
+        for v, dim in cases:
+            g = _g(tuple(v.shape), dim, dtype).reshape(reference.g_shapes(tuple(v.shape), dim)[0])
+            gw = _rand(tuple(v.shape), dtype, "grad").reshape(v.shape)
+            res = []
+            for on in (True, False):
+                _dispatch._use_torch_dlpack(on)
+                w, n = wnkernels.weight_norm(v, g, dim)
+                gv, gg = wnkernels.weight_norm_backward(gw, v, g, n, dim)
+                res.append([zoo.bits(x.detach()) for x in (w, n, gv, gg)])
+            assert res[0] == res[1], (tuple(v.shape), v.stride(), dim)
+            assert zoo.check_forward(w, n, v.detach().resolve_neg(), g, dim) is None
+    finally:
+        _dispatch._use_torch_dlpack(True)
+
+
+@pytest.mark.parametrize("dtype", zoo.DTYPES)
 def test_same_bits_as_numpy(dtype):
     """A torch tensor and a NumPy array holding the same values in the same layout agree bitwise."""
     t = _rand((33, 65), dtype)

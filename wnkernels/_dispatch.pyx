@@ -20,11 +20,17 @@ import sys
 
 cimport numpy as cnp
 import numpy as np
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.math cimport INFINITY
 from libc.stdint cimport uintptr_t
+from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+
+from wnkernels._dlpack cimport wn_DLTensor
 
 from . import _planner
 
@@ -40,6 +46,7 @@ cdef dict _plans = {}
 cdef Py_ssize_t _MAX_PLANS = 4096
 cdef object _NOCACHE = object()      # a dim spelling never cached (always validated)
 cdef tuple _torch_types = ()         # (torch.Tensor, torch.nn.Parameter) once seen
+cdef object _to_dlpack = None        # torch._C._to_dlpack, where torch has it
 cdef object _modules = sys.modules
 
 
@@ -71,13 +78,43 @@ cdef class PyExecutable(Executable):
 # ------------------------------------------------------------------ keys
 
 cdef inline bint _is_torch(object x):
-    global _torch_types
+    global _torch_types, _to_dlpack
     if not _torch_types:
         torch = _modules.get("torch")
         if torch is None:
             return False
         _torch_types = (torch.Tensor, torch.nn.Parameter)
+        _to_dlpack = getattr(torch._C, "_to_dlpack", None)
     return type(x) in _torch_types
+
+
+cdef object _torch_cpu_part(object x, uintptr_t *ptr):
+    """A CPU torch tensor's key part read from one torch._C._to_dlpack
+    capsule (dtype, shape, strides, data pointer: ~190 ns, against ~420 ns for
+    the six attribute calls) plus its negative bit, as one bytes object:
+    [DLPack code, bits, ndim, 16-byte phase, neg] + shape + strides (int64).
+    None if the capsule says anything else (another device, a dtype outside
+    float16/bfloat16/float32/float64): the attribute path describes those."""
+    cap = _to_dlpack(x)
+    cdef wn_DLTensor *t = <wn_DLTensor *>PyCapsule_GetPointer(cap, "dltensor")
+    cdef int nd = t.ndim, code = t.dtype.code, bits = t.dtype.bits
+    if t.device.device_type != 1 or t.dtype.lanes != 1 or t.strides == NULL \
+            or nd > 64 or not ((code == 2 and (bits == 16 or bits == 32 or bits == 64))
+                               or (code == 4 and bits == 16)):
+        return None
+    cdef uintptr_t p = <uintptr_t>t.data + <uintptr_t>t.byte_offset
+    part = PyBytes_FromStringAndSize(NULL, 8 + 16 * nd)
+    cdef char *b = PyBytes_AS_STRING(part)
+    b[0] = <char>code
+    b[1] = <char>bits
+    b[2] = <char>nd
+    b[3] = <char>(p & 15)
+    b[4] = <char>(x.is_neg())
+    b[5] = b[6] = b[7] = 0
+    memcpy(b + 8, t.shape, 8 * nd)
+    memcpy(b + 8 + 8 * nd, t.strides, 8 * nd)
+    ptr[0] = p
+    return part
 
 
 cdef object _GENERIC = object()      # key part of an array the backends describe
@@ -96,6 +133,13 @@ cdef object _part(object x, Py_ssize_t i, uintptr_t *ptrs):
         return (x.dtype, x.shape, x.strides, p & 15,
                 cnp.PyArray_ISWRITEABLE(<cnp.ndarray>x))
     if _is_torch(x):
+        if _to_dlpack is not None and x.is_cpu:
+            try:
+                part = _torch_cpu_part(x, &ptrs[i])
+            except RuntimeError:  # not strided, or a dtype DLPack has no code for
+                part = None
+            if part is not None:
+                return part
         try:
             p = x.data_ptr()
             ptrs[i] = p
@@ -338,6 +382,15 @@ def clear_plans():
 def cached_plans():
     """Number of cached plans."""
     return len(_plans)
+
+
+def _use_torch_dlpack(bint on):
+    """Describe CPU torch tensors through torch._C._to_dlpack (the default)
+    or through their attributes (tests and A/B timing of the two paths)."""
+    global _to_dlpack
+    _is_torch(None)
+    torch = _modules.get("torch")
+    _to_dlpack = getattr(torch._C, "_to_dlpack", None) if on and torch is not None else None
 
 
 def plan_of(op, *args, dim=0):

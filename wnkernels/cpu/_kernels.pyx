@@ -16,6 +16,7 @@ cimport numpy as cnp
 import numpy as np
 
 from wnkernels._dispatch cimport Executable
+from wnkernels._dlpack cimport wn_DLDataType, wn_DLManagedTensor
 from wnkernels import _planner
 
 cnp.import_array()
@@ -142,40 +143,6 @@ cdef int64_t *_fill_layout(wn_layout *L, layout, int narr) except NULL:
 # torch.from_numpy of a NumPy array, and bfloat16 needs no view.  Outputs of
 # at least POOL_MIN_BYTES take their memory from the backend's buffer pool
 # (the DLPack manager keeps the pool's buffer alive).
-
-cdef extern from *:
-    """
-    #include <stdint.h>
-    typedef struct { int32_t device_type; int32_t device_id; } wn_DLDevice;
-    typedef struct { uint8_t code; uint8_t bits; uint16_t lanes; } wn_DLDataType;
-    typedef struct {
-        void *data; wn_DLDevice device; int32_t ndim; wn_DLDataType dtype;
-        int64_t *shape; int64_t *strides; uint64_t byte_offset;
-    } wn_DLTensor;
-    typedef struct wn_DLManagedTensor {
-        wn_DLTensor dl_tensor; void *manager_ctx;
-        void (*deleter)(struct wn_DLManagedTensor *self);
-    } wn_DLManagedTensor;
-    """
-    ctypedef struct wn_DLDevice:
-        int32_t device_type
-        int32_t device_id
-    ctypedef struct wn_DLDataType:
-        unsigned char code
-        unsigned char bits
-        unsigned short lanes
-    ctypedef struct wn_DLTensor:
-        void *data
-        wn_DLDevice device
-        int32_t ndim
-        wn_DLDataType dtype
-        int64_t *shape
-        int64_t *strides
-        unsigned long long byte_offset
-    ctypedef struct wn_DLManagedTensor:
-        wn_DLTensor dl_tensor
-        void *manager_ctx
-        void (*deleter)(wn_DLManagedTensor *) noexcept nogil
 
 from cpython.pycapsule cimport (PyCapsule_GetPointer, PyCapsule_IsValid,
                                 PyCapsule_New)
