@@ -424,7 +424,7 @@ WN_INLINE VD FN(ldptd)(const T *p, int m)
  * started at +0 -- leaves it as it is), then the tree's levels w = 16 and 8
  * (lane j += lane j + w).  The 8 lanes left go to out[0 .. 8). */
 WN_INLINE void FN(short_lanes)(const T *restrict x, const T *restrict y, int n,
-                               double *restrict out)
+                               const int nmax, double *restrict out)
 {
     VD a[WN_NVD];
     WN_UNROLL
@@ -465,8 +465,18 @@ WN_INLINE void FN(short_lanes)(const T *restrict x, const T *restrict y, int n,
             const VD t = FN(ldptd)(x + i0 + q * WN_VDL, m);
             a[q] += y ? t * FN(ldptd)(y + i0 + q * WN_VDL, m) : t * t;
         }
+    /* The tree's levels.  With n <= nmax < 32 (nmax a compile-time bound)
+     * only the first ceil(nmax / WN_VDL) vectors were reached (`live`,
+     * rounded up to a power of two); the others still hold exactly +0, and
+     * adding +0 to a lane changes nothing -- a lane is never -0, having
+     * started at +0 -- so the levels that would only add those are left out:
+     * the tree starts at w = live / 2 vectors (a loop bound, not a test in
+     * the unrolled body, which kept the lanes from living in registers).
+     * Same bits; three fewer additions a row of 8. */
+    int live = nmax < WN_LANES ? (nmax + WN_VDL - 1) / WN_VDL : WN_NVD;
+    live = live <= 1 ? 1 : live <= 2 ? 2 : live <= 4 ? 4 : live <= 8 ? 8 : live <= 16 ? 16 : 32;
     WN_UNROLL
-    for (int m = WN_NVD / 2; m * WN_VDL >= 8; m /= 2)
+    for (int m = (live < WN_NVD ? live : WN_NVD) / 2; m * WN_VDL >= 8; m /= 2)
         WN_UNROLL
         for (int q = 0; q < m; q++) a[q] += a[q + m];
     WN_UNROLL
@@ -476,11 +486,12 @@ WN_INLINE void FN(short_lanes)(const T *restrict x, const T *restrict y, int n,
 /* Row totals of rows [r0, r0 + nb) of a batch (nb <= WN_SB): tot[k], and
  * zeros for the batch's unused slots. */
 WN_INLINE void FN(short_totals)(const T *v, int64_t sv, const T *gw, int64_t sgw,
-                                int64_t r0, int nb, int n, double *restrict tot)
+                                int64_t r0, int nb, int n, const int nmax,
+                                double *restrict tot)
 {
     double lanes[WN_SB * 8] __attribute__((aligned(64)));
     for (int k = 0; k < nb; k++)
-        FN(short_lanes)(v + (r0 + k) * sv, gw ? gw + (r0 + k) * sgw : NULL, n,
+        FN(short_lanes)(v + (r0 + k) * sv, gw ? gw + (r0 + k) * sgw : NULL, n, nmax,
                         lanes + 8 * k);
     const int nh = (nb + 7) / 8 * 8;
     for (int k = nb; k < nh; k++) memset(lanes + 8 * k, 0, 8 * sizeof(double));
@@ -536,7 +547,8 @@ WN_INLINE void FN(short_bwd_dense)(T *restrict gv, const T *restrict gw,
  * then the batch's scalars in one loop over the batch (fwd_row_scalars,
  * vectorized across rows; unused slots compute on row r0's g and are
  * dropped), then the scaling while the batch is in L1. */
-WN_INLINE void FN(short_fwd_n)(const wn_task *t, int64_t u0, int64_t u1, const int n)
+WN_INLINE void FN(short_fwd_n)(const wn_task *t, int64_t u0, int64_t u1, const int n,
+                               const int nmax)
 {
     const wn_call *c = t->c;
     const wn_layout *L = c->layout;
@@ -554,7 +566,7 @@ WN_INLINE void FN(short_fwd_n)(const wn_task *t, int64_t u0, int64_t u1, const i
         const int64_t r0 = bt * rb;
         const int nb = L->nrows - r0 < rb ? (int)(L->nrows - r0) : rb;
         double tot[WN_SB] __attribute__((aligned(64)));
-        FN(short_totals)(v, sv, NULL, 0, r0, nb, n, tot);
+        FN(short_totals)(v, sv, NULL, 0, r0, nb, n, nmax, tot);
         T gk[WN_SB];
         NT nk[WN_SB];
         CT sk[WN_SB] __attribute__((aligned(64)));
@@ -580,7 +592,8 @@ WN_INLINE void FN(short_fwd_n)(const wn_task *t, int64_t u0, int64_t u1, const i
 }
 
 /* Backward over batches [u0, u1) of WN_SB short rows (as short_fwd). */
-WN_INLINE void FN(short_bwd_n)(const wn_task *t, int64_t u0, int64_t u1, const int n)
+WN_INLINE void FN(short_bwd_n)(const wn_task *t, int64_t u0, int64_t u1, const int n,
+                               const int nmax)
 {
     const wn_call *c = t->c;
     const wn_layout *L = c->layout;
@@ -598,7 +611,7 @@ WN_INLINE void FN(short_bwd_n)(const wn_task *t, int64_t u0, int64_t u1, const i
         const int64_t r0 = bt * rb;
         const int nb = L->nrows - r0 < rb ? (int)(L->nrows - r0) : rb;
         double tot[WN_SB] __attribute__((aligned(64)));
-        FN(short_totals)(v, sv, gw, sgw, r0, nb, n, tot);
+        FN(short_totals)(v, sv, gw, sgw, r0, nb, n, nmax, tot);
         T gk[WN_SB], ggk[WN_SB];
         NT nk[WN_SB];
         BT a[WN_SB] __attribute__((aligned(64))), b[WN_SB] __attribute__((aligned(64)));
@@ -627,16 +640,21 @@ WN_INLINE void FN(short_bwd_n)(const wn_task *t, int64_t u0, int64_t u1, const i
 
 /* The short-row paths with the row length a compile-time constant for the
  * common lengths (rows of 8 .. 64: the lane loops unroll fully, with no tail
- * tests or spilled lanes), else as a variable.  Same arithmetic either way. */
+ * tests or spilled lanes), else as a variable under a compile-time bound
+ * (rows under 8, under 16, or up to WN_SHORT_MAX: the tree's levels that
+ * would only add zeros are left out).  Same arithmetic either way. */
 #define WN_SHORT_DISPATCH(body, t, u0, u1)                                     \
     do {                                                                       \
         const int n_ = (int)(t)->c->layout->rowlen;                            \
         switch (n_) {                                                          \
-        case 8: body(t, u0, u1, 8); break;                                     \
-        case 16: body(t, u0, u1, 16); break;                                   \
-        case 32: body(t, u0, u1, 32); break;                                   \
-        case 64: body(t, u0, u1, 64); break;                                   \
-        default: body(t, u0, u1, n_); break;                                   \
+        case 8: body(t, u0, u1, 8, 8); break;                                  \
+        case 16: body(t, u0, u1, 16, 16); break;                               \
+        case 32: body(t, u0, u1, 32, 32); break;                               \
+        case 64: body(t, u0, u1, 64, 64); break;                               \
+        default:                                                               \
+            if (n_ < 8) body(t, u0, u1, n_, 8);                                \
+            else if (n_ < 16) body(t, u0, u1, n_, 16);                         \
+            else body(t, u0, u1, n_, WN_SHORT_MAX);                            \
         }                                                                      \
     } while (0)
 
