@@ -486,7 +486,7 @@ WN_INLINE void FN(short_lanes)(const T *restrict x, const T *restrict y, int n,
     int live = nmax < WN_LANES ? (nmax + WN_VDL - 1) / WN_VDL : WN_NVD;
     live = live <= 1 ? 1 : live <= 2 ? 2 : live <= 4 ? 4 : live <= 8 ? 8 : live <= 16 ? 16 : 32;
     WN_UNROLL
-    for (int m = (live < WN_NVD ? live : WN_NVD) / 2; m * WN_VDL >= 8; m /= 2)
+    for (int m = live / 2; m * WN_VDL >= 8; m /= 2)   /* live <= WN_NVD, both powers of 2 */
         WN_UNROLL
         for (int q = 0; q < m; q++) a[q] += a[q + m];
     WN_UNROLL
