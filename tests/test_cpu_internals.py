@@ -418,34 +418,83 @@ def test_out_that_overlaps_itself_is_rejected():
 def test_pool_reuses_every_output_of_a_repeated_grouped_call():
     """A model repeats layer shapes: every output of a grouped call over 25 weights
     of one shape comes back from the pool on the next call (none is fresh)."""
-    from wnkernels.cpu import _BufferPool
+    from wnkernels.cpu import _kernels
+    wnkernels.empty_cache()
     vs = [np.ones((64, 1024), np.float32) for _ in range(25)]     # 256 KiB each
     gs = [np.ones(64, np.float32) for _ in range(25)]
-    assert vs[0].nbytes >= _BufferPool.MIN_BYTES
-    from wnkernels.cpu import _pool
-    first = {id(w.base) for w, _ in wnkernels.weight_norm_many(vs, gs)}
+    assert vs[0].nbytes >= _kernels.pool_info()["min_bytes"]
+    first = {_kernels.block_address(w) for w, _ in wnkernels.weight_norm_many(vs, gs)}
+    assert len(first) == 25 and None not in first
+    info = _kernels.pool_info()            # the first call's outputs are all back
+    assert info["free_blocks"] == 25 and info["free_bytes"] == 25 * vs[0].nbytes
     outs = wnkernels.weight_norm_many(vs, gs)
-    pooled = {id(b) for b in _pool._bufs[vs[0].nbytes]}
-    assert len(first) == 25 and {id(w.base) for w, _ in outs} == first <= pooled
+    assert {_kernels.block_address(w) for w, _ in outs} == first
+    assert _kernels.pool_info()["free_blocks"] == 0
+    del outs
+    wnkernels.empty_cache()
+    assert _kernels.pool_info()["free_bytes"] == 0
 
 
-def test_pool_makes_room_for_new_sizes(monkeypatch):
-    """Under its byte cap the pool drops unused buffers of old sizes, so a
-    new size is still pooled (and reused) while live results are kept."""
-    from wnkernels.cpu import _BufferPool
-    pool = _BufferPool()
-    monkeypatch.setattr(_BufferPool, "MAX_POOLED_BYTES", 3 << 20)
-    live = pool.get(1 << 20)                 # stays in use
-    for size in (1 << 20, (1 << 20) + 64, (1 << 20) + 128):
-        pool.get(size)                       # dropped right away
-    a = pool.get(2 << 20)
-    assert [b is a.base for b in pool._bufs[2 << 20]] == [True]   # pooled
-    base_id = id(a.base)                     # the pool keeps it alive
-    del a
-    assert id(pool.get(2 << 20).base) == base_id   # reused, not a malloc accident
-    assert pool._pooled_bytes_locked() == 3 << 20
-    assert live.base is not None and any(
-        b is live.base for bufs in pool._bufs.values() for b in bufs)
+def test_pool_makes_room_for_new_sizes():
+    """Under its cap on free bytes the pool frees the free blocks of the least
+    recently used sizes, so a new size is still pooled (and reused), while a
+    live result keeps its block."""
+    from wnkernels.cpu import _kernels
+    wnkernels.empty_cache()
+    before = _kernels.set_pool_cap(3 << 20)
+    try:
+        def out(rows):
+            return wnkernels.weight_norm(np.ones((rows, 1024), np.float32),
+                                         np.full((rows, 1), 2.0, np.float32))[0]
+        live = out(257)                              # 1 MiB + 4 KiB, stays in use
+        live_addr = _kernels.block_address(live)
+        for rows in (256, 258, 259):                 # dropped right away
+            out(rows)
+            assert _kernels.pool_info()["free_bytes"] <= 3 << 20
+        # the third return went over the cap: the oldest size (256 rows) was freed
+        assert _kernels.pool_info()["free_bytes"] == (258 + 259) * 4096
+        a = out(512)                                 # 2 MiB
+        addr = _kernels.block_address(a)
+        del a                                        # pooled: both older sizes freed for it
+        info = _kernels.pool_info()
+        assert (info["free_bytes"], info["free_blocks"]) == (2 << 20, 1)
+        b = out(512)
+        assert _kernels.block_address(b) == addr     # reused
+        assert addr != live_addr and _kernels.block_address(live) == live_addr
+        np.testing.assert_array_equal(live, np.full((257, 1024), 2 / 32, np.float32))
+        del b, live                                  # live's return frees b's block
+        info = _kernels.pool_info()
+        assert (info["free_bytes"], info["free_blocks"]) == (257 * 4096, 1)
+        _kernels.set_pool_cap(0)                     # nothing kept: a return frees
+        wnkernels.empty_cache()
+        out(512)
+        assert _kernels.pool_info()["free_bytes"] == 0
+    finally:
+        _kernels.set_pool_cap(before)
+        wnkernels.empty_cache()
+    with pytest.raises(ValueError, match="nbytes"):
+        _kernels.set_pool_cap(-1)
+
+
+def test_pool_takes_back_torch_outputs_freed_on_another_thread():
+    """A torch output's DLPack deleter runs on whichever thread frees the
+    tensor; it takes the GIL and returns the block, which is then reused."""
+    torch = pytest.importorskip("torch")
+    import threading
+    from wnkernels.cpu import _kernels
+    wnkernels.empty_cache()
+    v, g = torch.ones(512, 1024), torch.ones(512, 1)
+    box = [wnkernels.weight_norm(v, g)[0]]
+    addr = box[0].data_ptr()
+    t = threading.Thread(target=box.clear)
+    t.start()
+    t.join()
+    assert _kernels.pool_info()["free_blocks"] == 1
+    w, _ = wnkernels.weight_norm(v * 2, g)
+    assert w.data_ptr() == addr
+    torch.testing.assert_close(w, torch.full((512, 1024), 1 / 32))
+    del w
+    wnkernels.empty_cache()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 
 import numpy as np
 
@@ -184,84 +183,13 @@ def prepare(plan, args, k: int):
 
 
 # ---------------------------------------------------------------- allocation
-
-class _BufferPool:
-    """Reuses CPU output buffers once the caller has dropped them.
-
-    A fresh NumPy allocation above glibc's mmap threshold (128 KiB to start) is
-    mmap'ed, and the kernel then pays a page fault plus the kernel's page
-    zeroing for every 4 KiB it writes: measured here that costs more than the
-    weight norm itself (64 MiB f32: ~6.5 ms of faults vs ~4.7 ms of kernel; a
-    grouped call over 50 layers of 256x256 / 512x256x3: 19 ms with faults, 3 ms
-    without).  Buffers of at least `MIN_BYTES` are kept per exact size; one is
-    reused when nothing but the pool refers to it (every view of an output
-    keeps its base buffer alive, so a live result is never handed out twice).
-    A model's layers repeat shapes, so there is no cap per size, only
-    `MAX_POOLED_BYTES` in all; to make room for a new buffer the pool drops
-    buffers nobody uses, oldest sizes first.  `wnkernels.empty_cache()`
-    releases everything.
-    """
-
-    MIN_BYTES = 128 << 10
-    MAX_POOLED_BYTES = 1 << 30
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._bufs = {}                   # nbytes -> [uint8 arrays]
-
-    def get(self, nbytes: int) -> np.ndarray:
-        if nbytes < self.MIN_BYTES:
-            return np.empty(nbytes, np.uint8)
-        with self._lock:
-            bufs = self._bufs.setdefault(nbytes, [])
-            for raw in bufs:
-                # Free when only the pool refers to the owning array: every
-                # view handed out (and every view of those) has raw as base.
-                # refs: the list, getrefcount's argument, the loop variable.
-                if sys.getrefcount(raw) == 3:
-                    return self._aligned(raw, nbytes)
-            raw = np.empty(nbytes + 64, np.uint8)
-            self._make_room_locked(nbytes)
-            if self._pooled_bytes_locked() + nbytes <= self.MAX_POOLED_BYTES:
-                # (re-inserted: making room drops emptied size lists)
-                self._bufs.setdefault(nbytes, bufs).append(raw)
-            return self._aligned(raw, nbytes)
-
-    def _make_room_locked(self, nbytes: int) -> None:
-        for size in list(self._bufs):
-            bufs = self._bufs[size]
-            i = 0
-            while i < len(bufs) and \
-                    self._pooled_bytes_locked() + nbytes > self.MAX_POOLED_BYTES:
-                if sys.getrefcount(bufs[i]) == 2:     # the list, the argument
-                    del bufs[i]
-                else:
-                    i += 1
-            if not bufs:
-                del self._bufs[size]
-
-    @staticmethod
-    def _aligned(raw: np.ndarray, nbytes: int) -> np.ndarray:
-        off = (-raw.__array_interface__["data"][0]) % 64   # cache-line align
-        return raw[off:off + nbytes]
-
-    def _pooled_bytes_locked(self) -> int:
-        # Counted in the sizes handed out (each buffer also carries <64 bytes
-        # of alignment slack), so a cap that fits given sizes exactly holds them.
-        return sum(size * len(bufs) for size, bufs in self._bufs.items())
-
-    def clear(self) -> None:
-        with self._lock:
-            self._bufs.clear()
-
-
-_pool = _BufferPool()
-_kernels.set_pool(_pool.get, _BufferPool.MIN_BYTES)
-
+# Outputs of at least 128 KiB come from a pool of reused blocks kept in the
+# extension (see `_kernels.pyx`): a fresh mmap'ed buffer costs a page fault per
+# 4 KiB written.
 
 def empty_cache() -> None:
-    """Release the output buffers kept for reuse."""
-    _pool.clear()
+    """Release the output blocks kept for reuse (live results keep theirs)."""
+    _kernels.pool_clear()
 
 
 # ---------------------------------------------------------------- compile

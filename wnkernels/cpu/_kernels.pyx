@@ -10,8 +10,10 @@ released.  Kernels never validate: the planner has.
 """
 from libc.stdint cimport int32_t, int64_t, uintptr_t
 from libc.stdlib cimport free, malloc
+from posix.stdlib cimport posix_memalign
 from libc.string cimport memcpy, memset
 
+cimport cython
 cimport numpy as cnp
 import numpy as np
 
@@ -70,8 +72,6 @@ cdef extern from "wn.h" nogil:
 # ---------------------------------------------------------------- settings
 
 cdef int _nthreads = 1
-cdef object _pool_get = None
-cdef Py_ssize_t POOL_MIN_BYTES = 128 << 10   # set_pool sets the backend's
 cdef object _from_dlpack = None
 
 
@@ -84,19 +84,188 @@ def get_threads():
     return _nthreads
 
 
-def set_pool(get, Py_ssize_t min_bytes):
-    """Large outputs: ``get(nbytes)`` returns a uint8 buffer to view."""
-    global _pool_get, POOL_MIN_BYTES
-    _pool_get = get
-    POOL_MIN_BYTES = min_bytes
-
-
 def set_torch(torch):
     """Make torch outputs through ``torch._C._from_dlpack`` (wnkernels never
     imports torch itself: the CPU backend calls this when it meets a tensor)."""
     global _from_dlpack
     if _from_dlpack is None:
         _from_dlpack = getattr(torch._C, "_from_dlpack", None) or torch.from_dlpack
+
+
+# ---------------------------------------------------------------- output pool
+#
+# A fresh allocation above glibc's mmap threshold (128 KiB to start) is
+# mmap'ed, and the kernel then pays a page fault and the OS's page zeroing
+# for every 4 KiB it writes: measured here that costs more than the weight
+# norm itself (64 MiB f32: ~6.5 ms of faults vs ~4.7 ms of kernel; a grouped
+# call over 50 layers of 256x256 / 512x256x3: 19 ms with faults, 3 ms
+# without).  So outputs of at least POOL_MIN_BYTES take blocks kept per exact
+# size.  A block belongs to one `_Block` owner, the base of the NumPy arrays
+# (or the DLPack manager of the torch tensor) made over it; every view keeps
+# its base alive, so a block returns to its size's free list only when no
+# result refers to it any more, and a live result is never handed out twice.
+#
+# This lives in C rather than Python because of where the time goes: right
+# after a kernel has swept a weight larger than L2, whatever runs next runs
+# from cold caches, and a Python pool (a lock, a dict, a scan with
+# sys.getrefcount, an __array_interface__ dict to align the view) took
+# ~20 us there on 256x2304 float32, a quarter of the kernel's own time.  Here
+# a get is a hash probe and a pointer pop.
+#
+# A model repeats layer shapes, so nothing caps a size's count; the free
+# blocks are capped in bytes (`_pool_cap`), and returning a block over the cap
+# first frees the free blocks of the least recently used other sizes.  All of
+# the pool is touched with the GIL held (a block returns from its owner's
+# dealloc; torch's DLPack deleter takes the GIL first), so it has no lock.
+
+cdef Py_ssize_t POOL_MIN_BYTES = 128 << 10
+cdef Py_ssize_t _pool_cap = 1 << 30         # bytes of free blocks kept at most
+cdef Py_ssize_t _pool_free_bytes = 0
+cdef Py_ssize_t _pool_free_blocks = 0
+cdef unsigned long long _pool_tick = 0
+
+cdef enum:
+    _NCLASS = 1024                          # size classes (a power of two)
+
+cdef struct _Class:
+    Py_ssize_t nbytes                       # 0: an unused slot
+    void *head                              # free blocks, linked through their first word
+    Py_ssize_t count
+    unsigned long long used                 # _pool_tick of its last get or return
+
+cdef _Class _classes[_NCLASS]               # open addressing, linear probing
+
+
+cdef _Class *_pool_class(Py_ssize_t nbytes) noexcept:
+    """nbytes' size class (made if new); NULL once every slot holds another size."""
+    cdef size_t h = (<size_t>nbytes * <size_t>0x9E3779B97F4A7C15) >> (64 - 10)
+    cdef Py_ssize_t i
+    cdef _Class *c
+    for i in range(_NCLASS):
+        c = &_classes[(h + <size_t>i) & (_NCLASS - 1)]
+        if c.nbytes == nbytes:
+            return c
+        if c.nbytes == 0:
+            c.nbytes = nbytes
+            return c
+    return NULL
+
+
+cdef void _pool_evict(Py_ssize_t need, _Class *keep) noexcept:
+    """Free free blocks of the least recently used sizes other than keep's
+    until `need` bytes are gone (or none is left)."""
+    global _pool_free_bytes, _pool_free_blocks
+    cdef _Class *c
+    cdef _Class *old
+    cdef Py_ssize_t i
+    cdef void *p
+    while need > 0:
+        old = NULL
+        for i in range(_NCLASS):
+            c = &_classes[i]
+            if c.count and c is not keep and (old is NULL or c.used < old.used):
+                old = c
+        if old is NULL:
+            return
+        while old.head != NULL and need > 0:
+            p = old.head
+            old.head = (<void **>p)[0]
+            old.count -= 1
+            free(p)
+            _pool_free_bytes -= old.nbytes
+            _pool_free_blocks -= 1
+            need -= old.nbytes
+
+
+cdef void _pool_give(void *p, Py_ssize_t nbytes) noexcept:
+    """A block nobody refers to any more: kept for reuse, or freed."""
+    global _pool_tick, _pool_free_bytes, _pool_free_blocks
+    cdef _Class *c = _pool_class(nbytes)
+    if c is NULL:
+        free(p)
+        return
+    _pool_tick += 1
+    c.used = _pool_tick
+    if _pool_free_bytes + nbytes > _pool_cap:
+        _pool_evict(_pool_free_bytes + nbytes - _pool_cap, c)
+        if _pool_free_bytes + nbytes > _pool_cap:
+            free(p)
+            return
+    (<void **>p)[0] = c.head
+    c.head = p
+    c.count += 1
+    _pool_free_bytes += nbytes
+    _pool_free_blocks += 1
+
+
+@cython.final
+cdef class _Block:
+    """The owner of one pooled output block (see above)."""
+    cdef void *data
+    cdef Py_ssize_t nbytes
+
+    def __dealloc__(self):
+        if self.data != NULL:
+            _pool_give(self.data, self.nbytes)
+
+
+cdef _Block _pool_take(Py_ssize_t nbytes):
+    """A block of nbytes (64-byte aligned): a free one of that size, else new."""
+    global _pool_tick, _pool_free_bytes, _pool_free_blocks
+    cdef _Block b = _Block.__new__(_Block)
+    cdef _Class *c = _pool_class(nbytes)
+    cdef void *p = NULL
+    if c is not NULL:
+        _pool_tick += 1
+        c.used = _pool_tick
+        if c.head != NULL:
+            p = c.head
+            c.head = (<void **>p)[0]
+            c.count -= 1
+            _pool_free_bytes -= nbytes
+            _pool_free_blocks -= 1
+    if p == NULL and posix_memalign(&p, 64, <size_t>nbytes) != 0:
+        raise MemoryError()
+    b.data = p
+    b.nbytes = nbytes
+    return b
+
+
+def pool_clear():
+    """Free every free block (live results return theirs when dropped)."""
+    global _pool_free_bytes, _pool_free_blocks
+    cdef Py_ssize_t i
+    cdef void *p
+    for i in range(_NCLASS):
+        while _classes[i].head != NULL:
+            p = _classes[i].head
+            _classes[i].head = (<void **>p)[0]
+            free(p)
+    memset(_classes, 0, sizeof(_classes))
+    _pool_free_bytes = 0
+    _pool_free_blocks = 0
+
+
+def pool_info():
+    """The pool's state: free bytes and blocks, the cap, the pooled minimum."""
+    return {"free_bytes": _pool_free_bytes, "free_blocks": _pool_free_blocks,
+            "cap_bytes": _pool_cap, "min_bytes": POOL_MIN_BYTES}
+
+
+def set_pool_cap(Py_ssize_t nbytes):
+    """Set the cap on free bytes kept (returns the previous one)."""
+    global _pool_cap
+    if nbytes < 0:
+        raise ValueError("set_pool_cap: nbytes must be >= 0")
+    before = _pool_cap
+    _pool_cap = nbytes
+    return before
+
+
+def block_address(a):
+    """The address of the pooled block under NumPy output a, or None."""
+    base = a.base if isinstance(a, np.ndarray) else None
+    return <uintptr_t>(<_Block>base).data if isinstance(base, _Block) else None
 
 
 # ---------------------------------------------------------------- descriptors
@@ -141,8 +310,8 @@ cdef int64_t *_fill_layout(wn_layout *L, layout, int narr) except NULL:
 # block: the DLManagedTensor, its shape and strides, then the data, 64-byte
 # aligned), handed to torch._C._from_dlpack -- about half the cost of
 # torch.from_numpy of a NumPy array, and bfloat16 needs no view.  Outputs of
-# at least POOL_MIN_BYTES take their memory from the backend's buffer pool
-# (the DLPack manager keeps the pool's buffer alive).
+# at least POOL_MIN_BYTES take a pooled block (the DLPack manager keeps the
+# block's owner alive).
 
 from cpython.pycapsule cimport (PyCapsule_GetPointer, PyCapsule_IsValid,
                                 PyCapsule_New)
@@ -167,7 +336,7 @@ cdef inline object PyArray_NewFromDescr(object descr, int nd, cnp.npy_intp *dims
 
 
 cdef void _dl_free(wn_DLManagedTensor *m) noexcept nogil:
-    """DLPack deleter of an output: its pooled buffer's reference (if any) is
+    """DLPack deleter of an output: its pooled block's owner (if any) is
     dropped under the GIL (torch may free a tensor on any thread)."""
     if m.manager_ctx != NULL:
         with gil:
@@ -225,10 +394,10 @@ cdef class _Out:
         cdef wn_DLManagedTensor *m
         cdef size_t head
         cdef char *p
-        cdef object buf = None
-        if self.nbytes >= POOL_MIN_BYTES and _pool_get is not None:
-            buf = _pool_get(self.nbytes)
-            p = <char *>cnp.PyArray_DATA(<cnp.ndarray>buf)
+        cdef _Block buf = None
+        if self.nbytes >= POOL_MIN_BYTES:
+            buf = _pool_take(self.nbytes)
+            p = <char *>buf.data
             if not self.torch:
                 a = PyArray_NewFromDescr(self.descr, self.nd, self.dims, self.bstrides, p)
                 cnp.set_array_base(<cnp.ndarray>a, buf)
