@@ -248,6 +248,15 @@ WN_INLINE void FN(scalev_run)(T *y, const T *x, const CT *sc, int64_t n, int nt)
                 STORECV(buf + j, LOADCV(x + i + j) * LOADC(sc + i + j));
             STREAM(y + i, buf, sizeof buf);
         }
+        /* whole lines left (a run shorter than the buffer: the positional
+         * convs' 512-byte steps) */
+        if (i + WN_LINE <= n) {
+            const int64_t m = (n - i) / WN_LINE * WN_LINE;
+            for (int64_t j = 0; j < m; j += CVL)
+                STORECV(buf + j, LOADCV(x + i + j) * LOADC(sc + i + j));
+            STREAM(y + i, buf, m * sizeof(T));
+            i += m;
+        }
     }
     for (; i + CVL <= n; i += CVL) STORECV(y + i, LOADCV(x + i) * LOADC(sc + i));
     for (; i < n; i++) y[i] = STF(LDF(x[i]) * sc[i]);
@@ -268,6 +277,14 @@ WN_INLINE void FN(bwdv_run)(T *z, const T *y, const T *x, const BT *a,
                 STORECV(buf + j, LOADC(a + i + j) * LOADCV(y + i + j)
                                  - LOADC(b + i + j) * LOADCV(x + i + j));
             STREAM(z + i, buf, sizeof buf);
+        }
+        if (i + WN_LINE <= n) {
+            const int64_t m = (n - i) / WN_LINE * WN_LINE;
+            for (int64_t j = 0; j < m; j += CVL)
+                STORECV(buf + j, LOADC(a + i + j) * LOADCV(y + i + j)
+                                 - LOADC(b + i + j) * LOADCV(x + i + j));
+            STREAM(z + i, buf, m * sizeof(T));
+            i += m;
         }
     }
     for (; i + CVL <= n; i += CVL)
@@ -963,17 +980,17 @@ static void FN(col_apply)(const wn_layout *L, const wn_colgeom *G, int64_t r0,
  * flush exactly as col_total adds them, so both paths give the same bits. */
 #undef WN_CPV
 #undef WN_CP
-#if defined(__AVX512F__)
-/* 32 registers: a panel is a whole 512-byte float32 step of the positional
- * convs (128 columns), so a chunk streams sequentially; 64-column panels
- * (two walks down each chunk, half of every step each) ran the backward of
- * Wav2Vec2's 768x48x128 dim=2 1.17x and HuBERT-large's 1.52x slower on
- * Zen 4 (2 threads, csrc/ab.c). */
-#define WN_CPV 16                      /* VD accumulators per panel        */
-#else
-#define WN_CPV 8
-#endif
-#define WN_CP (WN_CPV * WN_VDL)        /* columns per panel: 128 / 32 / 16 */
+/* A panel is 128 columns on every variant: a whole 512-byte float32 step
+ * of the positional convs, so a chunk streams sequentially.  On AVX-512 its
+ * 16 accumulators fit the 32 registers; on AVX2 (32 of 16 registers) and
+ * SSE2 the compiler keeps part of them in L1, which costs less than more
+ * walks down each chunk: 64-column panels ran the backward of Wav2Vec2's
+ * 768x48x128 dim=2 1.17x and HuBERT-large's 1.52x slower on Zen 4 (AVX-512),
+ * and on Zen 3 (AVX2) 32-column panels ran 36864x128 / 65536x128 dim=1 (their
+ * layouts) 1.45-1.63x slower backward, 1.05-1.12x forward (csrc/ab.c,
+ * 2 threads, both builds -falign-loops=64; bits the same). */
+#define WN_CP 128                      /* columns per panel                 */
+#define WN_CPV (WN_CP / WN_VDL)        /* VD accumulators per panel        */
 
 #define WN_PFD 16                      /* prefetch distance, steps          */
 /* A panel's lines WN_PFD steps ahead, into L1 (a prefetch never faults). */

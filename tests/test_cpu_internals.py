@@ -500,8 +500,8 @@ def test_pool_takes_back_torch_outputs_freed_on_another_thread():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,dim,cut", [
     ((2500, 130), 1, None),         # full panels and a stepped rest, 2 superchunks
-    ((1500, 200), 1, None),         # a full panel, a half panel (AVX-512), a stepped rest
-    ((3000, 64), -1, None),         # a half panel (AVX-512) / full panels, blocks split over threads
+    ((1500, 200), 1, None),         # a full panel, a half panel, a stepped rest
+    ((3000, 64), -1, None),         # a half panel, blocks split over threads
     ((700, 37), 1, None),           # narrower than a panel: the step walk, one superchunk
     ((40, 9, 100), 2, 1),           # reduced dims that do not coalesce
     ((3, 1100, 2, 96), (2, 3), 2),  # two kept dims, several column blocks
