@@ -276,7 +276,7 @@ static void wn_prepare(const wn_call *c, int nth, int colscr, const wn_entry *e,
     /* Per row, a square root, a division and the loop set-up: weigh it as
      * 64 bytes so tables of short rows still share out evenly. */
     const int64_t row_bytes = L->rowlen * isz * nin + 64;
-    if (wn_short_rows(L, narr, &t->rg)) {
+    if (wn_short_rows(L, narr, &t->rg, wn_isa_detect() >= WN_ISA_AVX512)) {
         /* a few ns of fixed work per row: weigh it as 16 bytes */
         t->mode = WN_MODE_SHORT;
         t->rb = wn_short_batch(L->rowlen);

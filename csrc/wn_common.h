@@ -187,12 +187,16 @@ WN_INLINE int wn_short_batch(int64_t rowlen) { return rowlen < 16 ? WN_SB : 8; }
 
 /* narr == 3: the backward, short below 16 elements and at 16 and 32 (the
  * lengths short_bwd unrolls at compile time: 262144x16 float32 1.43x,
- * 16384x32 1.22x the simple path, 131072x32 even); rows of 64 stay simple
- * (65536x64 out of cache: short 0.85-0.87x) as do the other lengths. */
-WN_INLINE int wn_short_rows(const wn_layout *L, int narr, const wn_rowgeom *G)
+ * 16384x32 1.22x the simple path, 131072x32 even), and at 64 on variants
+ * without AVX-512 (`avx512` 0): on Zen 3 (AVX2) short ran 1024x64 to
+ * 16384x64 1.12x and 65536x64 1.03x the simple path (csrc/ab.c, 2 threads,
+ * float32), while with AVX-512 on Zen 4 it ran 65536x64 out of cache at
+ * 0.85-0.87x, so there rows of 64 stay simple, as do the other lengths. */
+WN_INLINE int wn_short_rows(const wn_layout *L, int narr, const wn_rowgeom *G, int avx512)
 {
     const int64_t n = L->rowlen;
-    return (n <= (narr == 3 ? 16 : WN_SHORT_MAX) || (narr == 3 && n == 32))
+    return (n <= (narr == 3 ? 16 : WN_SHORT_MAX) ||
+            (narr == 3 && (n == 32 || (n == 64 && !avx512))))
            && wn_simple_rows(L, narr, G);
 }
 

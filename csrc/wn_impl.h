@@ -165,6 +165,12 @@ WN_INLINE void FN(lane_dot)(double *restrict acc, const T *restrict a,
  * multiply / the backward's two products and a difference, STF rounding),
  * vector or tail alike. */
 
+/* Elements the next streamed block of a run takes, with `left` elements
+ * left from a line-aligned position: a whole buffer of `b`, else the whole
+ * lines left (a row or step shorter than the buffer: rows of 64, the
+ * positional convs' 512-byte steps), else 0 (the tail, stored normally). */
+#define WN_NT_RUN(left, b) ((left) >= (b) ? (int64_t)(b) : (left) / WN_LINE * WN_LINE)
+
 /* w = v * scale.  With `nt`, a contiguous w is written with streaming
  * stores (no read-for-ownership of w's lines) through an L1 buffer. */
 WN_INLINE void FN(scale_run)(T *w, int64_t sw, const T *v, int64_t sv,
@@ -179,9 +185,9 @@ WN_INLINE void FN(scale_run)(T *w, int64_t sw, const T *v, int64_t sv,
             T buf[B] __attribute__((aligned(64)));
             for (; i < n && ((uintptr_t)(w + i) & 63); i++)
                 w[i] = STF(LDF(v[i]) * scale);
-            for (; i + B <= n; i += B) {
-                for (int j = 0; j < B; j += CVL) STORECV(buf + j, LOADCV(v + i + j) * s);
-                STREAM(w + i, buf, sizeof buf);
+            for (int64_t m; (m = WN_NT_RUN(n - i, B)); i += m) {
+                for (int64_t j = 0; j < m; j += CVL) STORECV(buf + j, LOADCV(v + i + j) * s);
+                STREAM(w + i, buf, m * sizeof(T));
             }
         }
         for (; i + 2 * CVL <= n; i += 2 * CVL) {
@@ -213,10 +219,10 @@ WN_INLINE void FN(bwd_run)(T *gv, int64_t sgv, const T *gw, int64_t sgw,
             T buf[B] __attribute__((aligned(64)));
             for (; i < n && ((uintptr_t)(gv + i) & 63); i++)
                 gv[i] = STB(a * LDB(gw[i]) - b * LDB(v[i]));
-            for (; i + B <= n; i += B) {
-                for (int j = 0; j < B; j += CVL)
+            for (int64_t m; (m = WN_NT_RUN(n - i, B)); i += m) {
+                for (int64_t j = 0; j < m; j += CVL)
                     STORECV(buf + j, va * LOADCV(gw + i + j) - vb * LOADCV(v + i + j));
-                STREAM(gv + i, buf, sizeof buf);
+                STREAM(gv + i, buf, m * sizeof(T));
             }
         }
         for (; i + CVL <= n; i += CVL)
@@ -243,19 +249,10 @@ WN_INLINE void FN(scalev_run)(T *y, const T *x, const CT *sc, int64_t n, int nt)
         enum { B = WN_BUFBYTES / sizeof(T) };
         T buf[B] __attribute__((aligned(64)));
         for (; i < n && ((uintptr_t)(y + i) & 63); i++) y[i] = STF(LDF(x[i]) * sc[i]);
-        for (; i + B <= n; i += B) {
-            for (int j = 0; j < B; j += CVL)
-                STORECV(buf + j, LOADCV(x + i + j) * LOADC(sc + i + j));
-            STREAM(y + i, buf, sizeof buf);
-        }
-        /* whole lines left (a run shorter than the buffer: the positional
-         * convs' 512-byte steps) */
-        if (i + WN_LINE <= n) {
-            const int64_t m = (n - i) / WN_LINE * WN_LINE;
+        for (int64_t m; (m = WN_NT_RUN(n - i, B)); i += m) {
             for (int64_t j = 0; j < m; j += CVL)
                 STORECV(buf + j, LOADCV(x + i + j) * LOADC(sc + i + j));
             STREAM(y + i, buf, m * sizeof(T));
-            i += m;
         }
     }
     for (; i + CVL <= n; i += CVL) STORECV(y + i, LOADCV(x + i) * LOADC(sc + i));
@@ -272,19 +269,11 @@ WN_INLINE void FN(bwdv_run)(T *z, const T *y, const T *x, const BT *a,
         T buf[B] __attribute__((aligned(64)));
         for (; i < n && ((uintptr_t)(z + i) & 63); i++)
             z[i] = STB(a[i] * LDB(y[i]) - b[i] * LDB(x[i]));
-        for (; i + B <= n; i += B) {
-            for (int j = 0; j < B; j += CVL)
-                STORECV(buf + j, LOADC(a + i + j) * LOADCV(y + i + j)
-                                 - LOADC(b + i + j) * LOADCV(x + i + j));
-            STREAM(z + i, buf, sizeof buf);
-        }
-        if (i + WN_LINE <= n) {
-            const int64_t m = (n - i) / WN_LINE * WN_LINE;
+        for (int64_t m; (m = WN_NT_RUN(n - i, B)); i += m) {
             for (int64_t j = 0; j < m; j += CVL)
                 STORECV(buf + j, LOADC(a + i + j) * LOADCV(y + i + j)
                                  - LOADC(b + i + j) * LOADCV(x + i + j));
             STREAM(z + i, buf, m * sizeof(T));
-            i += m;
         }
     }
     for (; i + CVL <= n; i += CVL)
