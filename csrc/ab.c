@@ -19,9 +19,9 @@
  *   gcc -O2 -Icsrc csrc/ab.c -o ab -ldl
  *   ./ab ./libold.so ./libnew.so 2048 64 bwd 1
  *
- * Arguments: LIB_A LIB_B ROWS ROWLEN fwd|bwd THREADS [DIM]; float32, a
+ * Arguments: LIB_A LIB_B ROWS ROWLEN fwd|bwd THREADS [DIM [DTYPE]]; a
  * C-contiguous ROWS x ROWLEN matrix, DIM 0 (rows, the default) or 1 (the
- * kept axis innermost: column mode).
+ * kept axis innermost: column mode), DTYPE f32 (the default), f64 or bf16.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -73,31 +73,47 @@ static run_fn load(const char *path)
 int main(int argc, char **argv)
 {
     if (argc < 7) {
-        fprintf(stderr, "usage: ab LIB_A LIB_B ROWS ROWLEN fwd|bwd THREADS [DIM]\n");
+        fprintf(stderr, "usage: ab LIB_A LIB_B ROWS ROWLEN fwd|bwd THREADS [DIM [f32|f64|bf16]]\n");
         return 2;
     }
     const run_fn fn[2] = {load(argv[1]), load(argv[2])};
     const int64_t R = atoll(argv[3]), N = atoll(argv[4]);
     const int bwd = strcmp(argv[5], "bwd") == 0, nth = atoi(argv[6]);
     const int dim = argc > 7 ? atoi(argv[7]) : 0;
-    if (R < 1 || N < 1 || nth < 1 || (dim != 0 && dim != 1)) {
-        fprintf(stderr, "ab: ROWS, ROWLEN, THREADS >= 1; DIM 0 or 1\n");
+    const char *dt = argc > 8 ? argv[8] : "f32";
+    const int dtype = !strcmp(dt, "f64") ? WN_F64 : !strcmp(dt, "bf16") ? WN_BF16 : WN_F32;
+    if (R < 1 || N < 1 || nth < 1 || (dim != 0 && dim != 1) ||
+        (dtype == WN_F32 && strcmp(dt, "f32"))) {
+        fprintf(stderr, "ab: ROWS, ROWLEN, THREADS >= 1; DIM 0 or 1; DTYPE f32, f64 or bf16\n");
         return 2;
     }
     const int64_t size = R * N, nk = dim ? N : R;
-    float *v = xalloc(4 * size), *gw = xalloc(4 * size), *g = xalloc(4 * nk);
-    float *out[2], *nrm[2], *gg[2];
+    /* element and norm sizes (norms are float32 for bfloat16) */
+    const size_t isz = dtype == WN_F64 ? 8 : dtype == WN_BF16 ? 2 : 4;
+    const size_t nsz = dtype == WN_F64 ? 8 : 4;
+    void *v = xalloc(isz * size), *gw = xalloc(isz * size), *g = xalloc(isz * nk);
+    void *out[2], *nrm[2], *gg[2];
     for (int b = 0; b < 2; b++) {
-        out[b] = xalloc(4 * size);
-        nrm[b] = xalloc(4 * nk);
-        gg[b] = xalloc(4 * nk);
+        out[b] = xalloc(isz * size);
+        nrm[b] = xalloc(nsz * nk);
+        gg[b] = xalloc(isz * nk);
     }
     srand(1);
-    for (int64_t i = 0; i < size; i++) {
-        v[i] = rand() / (float)RAND_MAX - 0.5f;
-        gw[i] = rand() / (float)RAND_MAX - 0.5f;
+    for (int64_t i = 0; i < 2 * size + nk; i++) {
+        const float x = i < 2 * size ? rand() / (float)RAND_MAX - 0.5f
+                                     : 1.0f + (float)((i - 2 * size) % 7);
+        void *dst = i < size ? v : i < 2 * size ? gw : g;
+        const int64_t k = i < size ? i : i < 2 * size ? i - size : i - 2 * size;
+        if (dtype == WN_F64) {
+            ((double *)dst)[k] = x;
+        } else if (dtype == WN_BF16) {
+            uint32_t u;
+            memcpy(&u, &x, 4);
+            ((uint16_t *)dst)[k] = (uint16_t)(u >> 16);   /* truncated: any bfloat16 */
+        } else {
+            ((float *)dst)[k] = x;
+        }
     }
-    for (int64_t i = 0; i < nk; i++) g[i] = 1.0f + (float)(i % 7);
 
     /* dim 0: rows of N contiguous elements; dim 1: N columns kept (stride
      * 1), R reduced steps of stride N */
@@ -108,7 +124,7 @@ int main(int argc, char **argv)
     wn_call c[2];
     for (int b = 0; b < 2; b++) {
         memset(&c[b], 0, sizeof c[b]);
-        c[b].dtype = WN_F32;
+        c[b].dtype = dtype;
         c[b].layout = &L;
         c[b].v = v;
         c[b].g = g;
@@ -128,7 +144,7 @@ int main(int argc, char **argv)
             c[b].norms_out = NULL;
         }
     }
-    const int same_norms = memcmp(nrm[0], nrm[1], 4 * nk) == 0;
+    const int same_norms = memcmp(nrm[0], nrm[1], nsz * nk) == 0;
     /* calls per sample: about 20 ms */
     int reps = 0;
     for (double t0 = now(); now() - t0 < 0.02; reps++) fn[0](&c[0], 1, nth);
@@ -143,13 +159,13 @@ int main(int argc, char **argv)
         }
         ratio[r] = t[0][r] / t[1][r];
     }
-    const int same = same_norms && memcmp(out[0], out[1], 4 * size) == 0 &&
-                     (!bwd || memcmp(gg[0], gg[1], 4 * nk) == 0);
+    const int same = same_norms && memcmp(out[0], out[1], isz * size) == 0 &&
+                     (!bwd || memcmp(gg[0], gg[1], isz * nk) == 0);
     for (int b = 0; b < 2; b++) qsort(t[b], ROUNDS, sizeof(double), cmp_double);
     qsort(ratio, ROUNDS, sizeof(double), cmp_double);
-    printf("%lldx%lld dim=%d %s threads=%d: A median %.2f min %.2f us | "
+    printf("%lldx%lld %s dim=%d %s threads=%d: A median %.2f min %.2f us | "
            "B median %.2f min %.2f us | A/B %.3f (quartiles %.3f %.3f) | bits %s\n",
-           (long long)R, (long long)N, dim, bwd ? "bwd" : "fwd", nth, t[0][ROUNDS / 2],
+           (long long)R, (long long)N, dt, dim, bwd ? "bwd" : "fwd", nth, t[0][ROUNDS / 2],
            t[0][0], t[1][ROUNDS / 2], t[1][0], ratio[ROUNDS / 2], ratio[ROUNDS / 4],
            ratio[3 * ROUNDS / 4], same ? "same" : "DIFFER");
     return same ? 0 : 3;

@@ -165,6 +165,16 @@ WN_INLINE void FN(lane_dot)(double *restrict acc, const T *restrict a,
  * multiply / the backward's two products and a difference, STF rounding),
  * vector or tail alike. */
 
+/* Two vectors' worth (2 * CVL contiguous elements) in some order that
+ * LOADCV2 and STORECV2 agree on, for elementwise passes whose scalars are
+ * the same for every element: the natural order unless the dtype's variant
+ * has a cheaper one (bfloat16 on AVX2). */
+#ifndef LOADCV2
+#define LOADCV2(p, a, b) do { *(a) = LOADCV(p); *(b) = LOADCV((p) + CVL); } while (0)
+#define STORECV2(p, a, b) do { STORECV((p), (a)); STORECV((p) + CVL, (b)); } while (0)
+#define WN_CV2_DEFAULT
+#endif
+
 /* Elements the next streamed block of a run takes, with `left` elements
  * left from a line-aligned position: a whole buffer of `b`, else the whole
  * lines left (a row or step shorter than the buffer: rows of 64, the
@@ -186,13 +196,20 @@ WN_INLINE void FN(scale_run)(T *w, int64_t sw, const T *v, int64_t sv,
             for (; i < n && ((uintptr_t)(w + i) & 63); i++)
                 w[i] = STF(LDF(v[i]) * scale);
             for (int64_t m; (m = WN_NT_RUN(n - i, B)); i += m) {
-                for (int64_t j = 0; j < m; j += CVL) STORECV(buf + j, LOADCV(v + i + j) * s);
+                int64_t j = 0;
+                for (; j + 2 * CVL <= m; j += 2 * CVL) {
+                    CV x, y;
+                    LOADCV2(v + i + j, &x, &y);
+                    STORECV2(buf + j, x * s, y * s);
+                }
+                for (; j < m; j += CVL) STORECV(buf + j, LOADCV(v + i + j) * s);
                 STREAM(w + i, buf, m * sizeof(T));
             }
         }
         for (; i + 2 * CVL <= n; i += 2 * CVL) {
-            STORECV(w + i, LOADCV(v + i) * s);
-            STORECV(w + i + CVL, LOADCV(v + i + CVL) * s);
+            CV x, y;
+            LOADCV2(v + i, &x, &y);
+            STORECV2(w + i, x * s, y * s);
         }
         for (; i + CVL <= n; i += CVL) STORECV(w + i, LOADCV(v + i) * s);
 #ifdef LDPCV
@@ -220,10 +237,23 @@ WN_INLINE void FN(bwd_run)(T *gv, int64_t sgv, const T *gw, int64_t sgw,
             for (; i < n && ((uintptr_t)(gv + i) & 63); i++)
                 gv[i] = STB(a * LDB(gw[i]) - b * LDB(v[i]));
             for (int64_t m; (m = WN_NT_RUN(n - i, B)); i += m) {
-                for (int64_t j = 0; j < m; j += CVL)
+                int64_t j = 0;
+                for (; j + 2 * CVL <= m; j += 2 * CVL) {
+                    CV g0, g1, x0, x1;
+                    LOADCV2(gw + i + j, &g0, &g1);
+                    LOADCV2(v + i + j, &x0, &x1);
+                    STORECV2(buf + j, va * g0 - vb * x0, va * g1 - vb * x1);
+                }
+                for (; j < m; j += CVL)
                     STORECV(buf + j, va * LOADCV(gw + i + j) - vb * LOADCV(v + i + j));
                 STREAM(gv + i, buf, m * sizeof(T));
             }
+        }
+        for (; i + 2 * CVL <= n; i += 2 * CVL) {
+            CV g0, g1, x0, x1;
+            LOADCV2(gw + i, &g0, &g1);
+            LOADCV2(v + i, &x0, &x1);
+            STORECV2(gv + i, va * g0 - vb * x0, va * g1 - vb * x1);
         }
         for (; i + CVL <= n; i += CVL)
             STORECV(gv + i, va * LOADCV(gw + i) - vb * LOADCV(v + i));
@@ -1299,3 +1329,9 @@ static void FN(team)(const wn_task *t, double *scr)
         FN(fwd_split)(t);
     if (t->nt) wn_sfence();
 }
+
+#ifdef WN_CV2_DEFAULT
+#undef LOADCV2
+#undef STORECV2
+#undef WN_CV2_DEFAULT
+#endif

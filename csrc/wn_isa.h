@@ -114,6 +114,37 @@ WN_INLINE void WN_CAT(wn, st_bf16, ISA)(uint16_t *p, VF x)
     _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(r),
                                                     _mm256_extracti128_si256(r, 1)));
 }
+/* Two VFs of 16 contiguous bfloat16 values for the elementwise passes with
+ * one scalar pair for the whole run (row mode), in even / odd order: *e gets
+ * elements 0, 2, .., 14 and *o elements 1, 3, .., 15, exactly; the store
+ * puts them back in place, rounded as st_bf16 rounds.  A dword holds an
+ * even element in its low half and the next odd one in its high half, so
+ * neither direction needs a shuffle (st_bf16 packs with two, and the
+ * widening load is one more a vector; Zen 3's two shuffle/shift pipes bound
+ * the bfloat16 passes).  Never for sums: their lanes follow element order. */
+#define WN_LD2_BF16(p, e, o) do {                                              \
+        const __m256i x_ = _mm256_loadu_si256((const __m256i *)(p));           \
+        *(e) = (VF)_mm256_castsi256_ps(_mm256_slli_epi32(x_, 16));             \
+        *(o) = (VF)_mm256_castsi256_ps(_mm256_and_si256(x_,                    \
+                                           _mm256_set1_epi32((int)0xffff0000)));\
+    } while (0)
+/* x rounded to nearest even in the high half (a quiet NaN for a NaN) */
+WN_INLINE __m256i WN_CAT(wn, rnd_bf16, ISA)(VF x)
+{
+    const __m256i u = _mm256_castps_si256((__m256)x);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps((__m256)x, (__m256)x, _CMP_UNORD_Q));
+    return _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan);
+}
+WN_INLINE void WN_CAT(wn, st2_bf16, ISA)(uint16_t *p, VF e, VF o)
+{
+    const __m256i lo = _mm256_srli_epi32(WN_CAT(wn, rnd_bf16, ISA)(e), 16);
+    const __m256i hi = _mm256_and_si256(WN_CAT(wn, rnd_bf16, ISA)(o),
+                                        _mm256_set1_epi32((int)0xffff0000));
+    _mm256_storeu_si256((__m256i *)p, _mm256_or_si256(lo, hi));
+}
+#define WN_ST2_BF16(p, e, o) WN_CAT(wn, st2_bf16, ISA)((p), (e), (o))
 #elif defined(__SSE2__)
 #define WN_LD_BF16(p) ((VF)_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), \
     _mm_loadl_epi64((const __m128i *)(p)))))
@@ -480,6 +511,10 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #define LOADVF(p) WN_LD_BF16(p)
 #define LOADCV(p) WN_LD_BF16(p)
 #define STORECV(p, x) WN_ST_BF16(p, x)
+#ifdef WN_LD2_BF16
+#define LOADCV2(p, a, b) WN_LD2_BF16(p, a, b)
+#define STORECV2(p, a, b) WN_ST2_BF16(p, a, b)
+#endif
 #define SCALE_OUT(q) wn_f2bf(wn_d2f_odd(q))
 #ifdef WN_HAVE_MASK
 #define LDPCV(p, m) WN_LDP_BF16(p, m)
@@ -507,9 +542,13 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef CVL
 #undef LOADCV
 #undef STORECV
+#undef LOADCV2
+#undef STORECV2
 #undef LOADC
 #undef SCALE_OUT
 
+#undef WN_LD2_BF16
+#undef WN_ST2_BF16
 #undef STREAM
 #undef WN_WIDEN
 #undef WN_HSUM8

@@ -42,7 +42,10 @@ def built(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args", [["300", "64", "fwd", "1"], ["300", "64", "bwd", "2"],
-                                  ["500", "96", "fwd", "2", "1"], ["500", "96", "bwd", "1", "1"]])
+                                  ["500", "96", "fwd", "2", "1"], ["500", "96", "bwd", "1", "1"],
+                                  ["300", "64", "bwd", "2", "0", "bf16"],
+                                  ["500", "96", "fwd", "1", "1", "bf16"],
+                                  ["300", "64", "fwd", "2", "0", "f64"]])
 def test_one_build_against_itself(built, args):
     exe, lib, _ = built
     r = subprocess.run([exe, lib, lib, *args], capture_output=True, text=True, timeout=300)
@@ -66,6 +69,9 @@ def test_bad_arguments(built):
     exe, lib, _ = built
     r = subprocess.run([exe, lib, lib, "0", "64", "fwd", "1"], capture_output=True, text=True)
     assert r.returncode == 2 and "ROWS" in r.stderr
+    r = subprocess.run([exe, lib, lib, "4", "4", "fwd", "1", "0", "f16"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "DTYPE" in r.stderr
     r = subprocess.run([exe, lib, "/nonexistent.so", "4", "4", "fwd", "1"], capture_output=True,
                        text=True)
     assert r.returncode == 1 and "/nonexistent.so" in r.stderr
