@@ -65,12 +65,26 @@ WN_INLINE void FN(vsumsq)(double *restrict acc, const T *restrict x, int64_t n)
     while (i + WN_LANES <= n) {
         VF p[WN_NVF];
         for (int q = 0; q < WN_NVF; q++) p[q] = (VF){0};
+#ifdef LOADVF2
+        /* lanes in pairs of registers in even / odd order (see LOADVF2),
+         * each lane the same additions in the same order */
+        for (int k = 0; k < WN_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES)
+            WN_UNROLL
+            for (int q = 0; q < WN_NVF; q += 2) {
+                VF e, o;
+                LOADVF2(x + i + q * WN_VFL, &e, &o);
+                p[q] += e * e;
+                p[q + 1] += o * o;
+            }
+        for (int q = 0; q < WN_NVF; q += 2) UNPAIRVF(&p[q], &p[q + 1]);
+#else
         for (int k = 0; k < WN_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES)
             WN_UNROLL
             for (int q = 0; q < WN_NVF; q++) {
                 const VF t = LOADVF(x + i + q * WN_VFL);
                 p[q] += t * t;
             }
+#endif
         for (int q = 0; q < WN_NVF; q++) WN_FLUSH1(acc + q * WN_VFL, p[q]);
     }
 #else
@@ -101,10 +115,23 @@ WN_INLINE void FN(vdot)(double *restrict acc, const T *restrict a,
     while (i + WN_LANES <= n) {
         VF p[WN_NVF];
         for (int q = 0; q < WN_NVF; q++) p[q] = (VF){0};
+#ifdef LOADVF2
+        for (int k = 0; k < WN_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES)
+            WN_UNROLL
+            for (int q = 0; q < WN_NVF; q += 2) {
+                VF ae, ao, be, bo;
+                LOADVF2(a + i + q * WN_VFL, &ae, &ao);
+                LOADVF2(b + i + q * WN_VFL, &be, &bo);
+                p[q] += ae * be;
+                p[q + 1] += ao * bo;
+            }
+        for (int q = 0; q < WN_NVF; q += 2) UNPAIRVF(&p[q], &p[q + 1]);
+#else
         for (int k = 0; k < WN_FLUSH && i + WN_LANES <= n; k++, i += WN_LANES)
             WN_UNROLL
             for (int q = 0; q < WN_NVF; q++)
                 p[q] += LOADVF(a + i + q * WN_VFL) * LOADVF(b + i + q * WN_VFL);
+#endif
         for (int q = 0; q < WN_NVF; q++) WN_FLUSH1(acc + q * WN_VFL, p[q]);
     }
 #else

@@ -145,6 +145,15 @@ WN_INLINE void WN_CAT(wn, st2_bf16, ISA)(uint16_t *p, VF e, VF o)
     _mm256_storeu_si256((__m256i *)p, _mm256_or_si256(lo, hi));
 }
 #define WN_ST2_BF16(p, e, o) WN_CAT(wn, st2_bf16, ISA)((p), (e), (o))
+/* The sums can load that way too if their lanes are put back in order
+ * before they leave the registers: lanes of an even / odd pair of float32
+ * partials (from WN_LD2_BF16) back to two VFs in element order. */
+#define WN_UNPAIR(e, o) do {                                                   \
+        const __m256 l_ = _mm256_unpacklo_ps((__m256)*(e), (__m256)*(o));       \
+        const __m256 h_ = _mm256_unpackhi_ps((__m256)*(e), (__m256)*(o));       \
+        *(e) = (VF)_mm256_permute2f128_ps(l_, h_, 0x20);                        \
+        *(o) = (VF)_mm256_permute2f128_ps(l_, h_, 0x31);                        \
+    } while (0)
 #elif defined(__SSE2__)
 #define WN_LD_BF16(p) ((VF)_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), \
     _mm_loadl_epi64((const __m128i *)(p)))))
@@ -514,6 +523,8 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #ifdef WN_LD2_BF16
 #define LOADCV2(p, a, b) WN_LD2_BF16(p, a, b)
 #define STORECV2(p, a, b) WN_ST2_BF16(p, a, b)
+#define LOADVF2(p, a, b) WN_LD2_BF16(p, a, b)
+#define UNPAIRVF(a, b) WN_UNPAIR(a, b)
 #endif
 #define SCALE_OUT(q) wn_f2bf(wn_d2f_odd(q))
 #ifdef WN_HAVE_MASK
@@ -544,11 +555,14 @@ WN_INLINE void WN_CAT(wn, stream, ISA)(void *dst, const void *src, size_t nbytes
 #undef STORECV
 #undef LOADCV2
 #undef STORECV2
+#undef LOADVF2
+#undef UNPAIRVF
 #undef LOADC
 #undef SCALE_OUT
 
 #undef WN_LD2_BF16
 #undef WN_ST2_BF16
+#undef WN_UNPAIR
 #undef STREAM
 #undef WN_WIDEN
 #undef WN_HSUM8
