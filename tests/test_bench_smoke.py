@@ -44,6 +44,19 @@ def test_a_case_and_a_group_are_measured():
     if bench.import_torch() is not None:
         assert s["geomean_speedup_vs_torch"] > 0
         assert {g["case"] for g in s["groups"]} == {group["case"]}
+        # the ceiling: PyTorch's time over the roofline's, per case and in the summary
+        for cr in res["cases"]:
+            for d in bench.DIRECTIONS:
+                r = cr[d]["results"]
+                torch_t = (r.get("torch") or r["torch loop"])["time_s"]
+                assert math.isclose(cr[d]["roofline_speedup_vs_torch"],
+                                    torch_t / r["roofline"]["time_s"])
+        ceiling = [cr[d]["roofline_speedup_vs_torch"] for cr in res["cases"]
+                   for d in bench.DIRECTIONS]
+        assert math.isclose(s["vs_torch_at_roofline"]["geomean"],
+                            math.exp(sum(map(math.log, ceiling)) / len(ceiling)))
+        assert "100% of the same-size roofline" in text
+        assert s["groups"][0]["roofline_speedup_vs_torch_loop"] > 0
 
 
 def test_a_wrong_answer_is_not_timed(monkeypatch):
