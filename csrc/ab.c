@@ -59,6 +59,20 @@ static void *xalloc(size_t n)
     return p;
 }
 
+/* p[i] = x in the dtype (bfloat16: truncated, which gives some bfloat16) */
+static void put(void *p, int dtype, int64_t i, float x)
+{
+    if (dtype == WN_F64) {
+        ((double *)p)[i] = x;
+    } else if (dtype == WN_BF16) {
+        uint32_t u;
+        memcpy(&u, &x, 4);
+        ((uint16_t *)p)[i] = (uint16_t)(u >> 16);
+    } else {
+        ((float *)p)[i] = x;
+    }
+}
+
 static run_fn load(const char *path)
 {
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -99,21 +113,11 @@ int main(int argc, char **argv)
         gg[b] = xalloc(isz * nk);
     }
     srand(1);
-    for (int64_t i = 0; i < 2 * size + nk; i++) {
-        const float x = i < 2 * size ? rand() / (float)RAND_MAX - 0.5f
-                                     : 1.0f + (float)((i - 2 * size) % 7);
-        void *dst = i < size ? v : i < 2 * size ? gw : g;
-        const int64_t k = i < size ? i : i < 2 * size ? i - size : i - 2 * size;
-        if (dtype == WN_F64) {
-            ((double *)dst)[k] = x;
-        } else if (dtype == WN_BF16) {
-            uint32_t u;
-            memcpy(&u, &x, 4);
-            ((uint16_t *)dst)[k] = (uint16_t)(u >> 16);   /* truncated: any bfloat16 */
-        } else {
-            ((float *)dst)[k] = x;
-        }
+    for (int64_t i = 0; i < size; i++) {
+        put(v, dtype, i, rand() / (float)RAND_MAX - 0.5f);
+        put(gw, dtype, i, rand() / (float)RAND_MAX - 0.5f);
     }
+    for (int64_t i = 0; i < nk; i++) put(g, dtype, i, 1.0f + (float)(i % 7));
 
     /* dim 0: rows of N contiguous elements; dim 1: N columns kept (stride
      * 1), R reduced steps of stride N */

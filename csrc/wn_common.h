@@ -325,9 +325,6 @@ WN_INLINE wn_colgeom wn_colgeom_make(const wn_layout *L, int64_t itemsize,
 /* ---- tasks: one call of a wn_run table, prepared (wn.c) -------------- */
 
 #define WN_BUFBYTES 1024
-/* Elements of the element type T in one 64-byte cache line (a streaming
- * store's unit; a whole number of vectors in every variant). */
-#define WN_LINE ((int64_t)(64 / sizeof(T)))
 #define WN_COLBLK 4096      /* widest column block (a 16 KiB run of float32) */
 #define WN_COLBLK_MIN 64    /* column block if the scratch allocation fails */
 #define WN_COLSCR 9         /* scratch doubles per column of a block */

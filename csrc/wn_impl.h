@@ -17,6 +17,9 @@
  *   LOADC(p)                     CVL contiguous CT values as a CV
  *   SCALE_OUT(q)                 float64 q -> T, rounded once (row scale's output)
  *   STREAM(dst, src, nbytes)  streaming store of a 64-byte-aligned L1 buffer
+ *   LOADCV2 / STORECV2 (LOADVF2 / UNPAIRVF)  optional: two vectors of
+ *                                contiguous elements in a cheaper lane order
+ *                                (see below)
  *
  * Each (ISA, dtype) provides two entry points over a prepared wn_task (see
  * wn_common.h, made by wn.c): `units` runs a range of a task's independent
@@ -40,6 +43,22 @@
  *
  * Both orders are fixed by the layout alone: thread count never changes bits.
  */
+
+/* Two vectors' worth (2 * CVL contiguous elements) in an order LOADCV2 and
+ * STORECV2 agree on, for elementwise passes whose scalars are the same for
+ * every element: the natural order unless the dtype's variant has a cheaper
+ * one (bfloat16 on AVX2: even / odd halves of each dword).  A variant with
+ * such an order may give the sums LOADVF2 / UNPAIRVF too (no default: the
+ * sums keep their one-vector loop without them, whose code is tuned). */
+#ifndef LOADCV2
+#define LOADCV2(p, a, b) do { *(a) = LOADCV(p); *(b) = LOADCV((p) + CVL); } while (0)
+#define STORECV2(p, a, b) do { STORECV((p), (a)); STORECV((p) + CVL, (b)); } while (0)
+#define WN_CV2_DEFAULT
+#endif
+
+/* Elements of T in one 64-byte cache line (a streaming store's unit; a whole
+ * number of vectors in every variant). */
+#define WN_LINE ((int64_t)(64 / sizeof(T)))
 
 /* ---- runs along one strided dim (the vectorized inner loops) ---------- */
 
@@ -191,16 +210,6 @@ WN_INLINE void FN(lane_dot)(double *restrict acc, const T *restrict a,
  * Each element goes through exactly the scalar arithmetic (LDF, one CT
  * multiply / the backward's two products and a difference, STF rounding),
  * vector or tail alike. */
-
-/* Two vectors' worth (2 * CVL contiguous elements) in some order that
- * LOADCV2 and STORECV2 agree on, for elementwise passes whose scalars are
- * the same for every element: the natural order unless the dtype's variant
- * has a cheaper one (bfloat16 on AVX2). */
-#ifndef LOADCV2
-#define LOADCV2(p, a, b) do { *(a) = LOADCV(p); *(b) = LOADCV((p) + CVL); } while (0)
-#define STORECV2(p, a, b) do { STORECV((p), (a)); STORECV((p) + CVL, (b)); } while (0)
-#define WN_CV2_DEFAULT
-#endif
 
 /* Elements the next streamed block of a run takes, with `left` elements
  * left from a line-aligned position: a whole buffer of `b`, else the whole
@@ -1362,3 +1371,4 @@ static void FN(team)(const wn_task *t, double *scr)
 #undef STORECV2
 #undef WN_CV2_DEFAULT
 #endif
+#undef WN_LINE

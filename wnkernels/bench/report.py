@@ -223,12 +223,12 @@ def format_case(cr: Dict[str, Any], device: str) -> str:
     return "\n".join(lines)
 
 
-def _fmt_spread(sp: Dict[str, Any]) -> str:
+def _fmt_spread(sp: Dict[str, Any], worst: bool = True) -> str:
     """'forward 2.10x, backward 1.50x, both 1.78x; worst <case> <dir> 0.80x'."""
     parts = [f"{d} {sp[f'geomean_{d}']:.2f}x" for d in DIRECTIONS
              if sp.get(f"geomean_{d}") is not None]
     text = ", ".join(parts) + f", both {sp['geomean']:.2f}x"
-    w = sp.get("worst")
+    w = sp.get("worst") if worst else None
     if w:
         text += (f"; worst {w['case']} {w['direction']} {w['speedup']:.2f}x"
                  f" ({sp['below_1x']} of {sp['measured']} below 1x)")
@@ -257,11 +257,9 @@ def format_summary(summary: Dict[str, Any], threads: Optional[int]) -> str:
         lines.append(head + "no torch comparison (torch not installed or --no-torch)")
     ar = summary.get("vs_torch_at_roofline")
     if gt is not None and ar and ar.get("geomean") is not None:
-        parts = [f"{d} {ar[f'geomean_{d}']:.2f}x" for d in DIRECTIONS
-                 if ar.get(f"geomean_{d}") is not None]
         lines.append("  at exactly 100% of the same-size roofline on every case, the "
-                     "geometric mean vs PyTorch would be " + ", ".join(parts)
-                     + f", both {ar['geomean']:.2f}x (PyTorch's time over the roofline's)")
+                     "geometric mean vs PyTorch would be " + _fmt_spread(ar, worst=False)
+                     + " (PyTorch's time over the roofline's)")
     extra = []
     gnt = summary.get("geomean_numpy_speedup_vs_torch")
     gn = summary.get("geomean_speedup_vs_numpy")
